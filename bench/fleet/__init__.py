@@ -1,0 +1,1 @@
+"""Fleet knowledge: what each device really is, and whether it is alive."""

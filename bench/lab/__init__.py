@@ -1,0 +1,1 @@
+"""The virtual lab: gateways as network namespaces running a real sshd (see virtual.py)."""

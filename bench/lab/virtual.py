@@ -1,0 +1,470 @@
+"""Bring the virtual lab up, inspect it, and tear it down completely.
+
+Each gateway is a named network namespace plus a private mount and UTS namespace in which a
+real OpenSSH sshd runs. The gateway's "disk" is a directory under the lab's state_dir that is
+bind-mounted over /root and /tmp, its identity (os-release, hostname, device-tree model) is
+mounted where a real board exposes it. Management: a veth from each gateway to a bridge in
+the root namespace. Backhaul: a veth from each gateway's ``wan0`` to a bridge in the
+``cloud`` namespace.
+
+Every piece is named from the lab id, so ``down`` (and ``up``, before building) can find and
+remove whatever a killed run left behind without trusting any state file.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.boards import BOARDS
+from bench.errors import LabError
+from bench.lab import system
+from bench.rig import Rig
+
+# Directories each gateway gets its own copy of (bind mounts from its disk).
+PRIVATE_DIRS = (Path("/root"), Path("/tmp"))
+
+
+@dataclass(frozen=True)
+class GatewayPlan:
+    """Names and addresses one virtual gateway gets."""
+
+    index: int
+    name: str
+    board: str
+    namespace: str
+    mgmt_address: str
+    wan_address: str
+    root_veth: str  # the management veth's end in the root namespace
+    cloud_veth: str  # the backhaul veth's end in the cloud namespace
+    disk: Path
+
+
+@dataclass(frozen=True)
+class LabPlan:
+    """Everything the lab is made of, derived from the rig alone."""
+
+    lab_id: str
+    state_dir: Path
+    bridge: str
+    bridge_address: str
+    mgmt_prefix: int
+    cloud_namespace: str
+    cloud_address: str
+    wan_prefix: int
+    gateways: tuple[GatewayPlan, ...]
+
+    @property
+    def prefix(self) -> str:
+        """Namespace name prefix shared by every namespace of this lab."""
+        return f"fr-{self.lab_id}-"
+
+    @property
+    def client_key(self) -> Path:
+        return self.state_dir / "id_ed25519"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.state_dir / "known_hosts"
+
+
+def plan_for(rig: Rig) -> LabPlan:
+    """Derive the lab's names and addresses from a virtual rig."""
+    spec = rig.virtual
+    if spec is None:
+        raise LabError(f"rig '{rig.name}' is not a virtual lab (it has no `virtual:` section)")
+    mgmt = ipaddress.IPv4Network(spec.management_subnet)
+    wan = ipaddress.IPv4Network(spec.backhaul_subnet)
+    state_dir = Path(spec.state_dir)
+    for private in PRIVATE_DIRS:
+        if state_dir.is_relative_to(private):
+            raise LabError(
+                f"rig '{rig.name}': virtual.state_dir {state_dir} is under {private}, which every "
+                "gateway replaces with its own; choose a directory outside /tmp and /root, "
+                f"e.g. /var/lib/fieldrig/{rig.name}"
+            )
+    lab_id = spec.lab_id
+    gateways = tuple(
+        GatewayPlan(
+            index=i,
+            name=gw.name,
+            board=gw.board,
+            namespace=f"fr-{lab_id}-{gw.name}",
+            mgmt_address=str(mgmt.network_address + 11 + i),
+            wan_address=str(wan.network_address + 11 + i),
+            root_veth=f"frm-{lab_id}-{i}",
+            cloud_veth=f"wan{i}",
+            disk=state_dir / "gateways" / gw.name,
+        )
+        for i, gw in enumerate(rig.gateways)
+    )
+    return LabPlan(
+        lab_id=lab_id,
+        state_dir=state_dir,
+        bridge=f"frb-{lab_id}",
+        bridge_address=str(mgmt.network_address + 1),
+        mgmt_prefix=mgmt.prefixlen,
+        cloud_namespace=f"fr-{lab_id}-cloud",
+        cloud_address=str(wan.network_address + 1),
+        wan_prefix=wan.prefixlen,
+        gateways=gateways,
+    )
+
+
+@dataclass
+class GatewayStatus:
+    name: str
+    namespace: str
+    address: str
+    namespace_present: bool
+    sshd_pid: int | None
+    ssh_answers: bool
+
+    @property
+    def healthy(self) -> bool:
+        return self.namespace_present and self.sshd_pid is not None and self.ssh_answers
+
+
+@dataclass
+class LabStatus:
+    lab_id: str
+    bridge_present: bool
+    cloud_present: bool
+    gateways: list[GatewayStatus] = field(default_factory=list)
+    stray_namespaces: list[str] = field(default_factory=list)
+
+    @property
+    def healthy(self) -> bool:
+        """Everything the rig describes is up and nothing foreign to it is left over."""
+        return (
+            self.bridge_present
+            and self.cloud_present
+            and bool(self.gateways)
+            and all(g.healthy for g in self.gateways)
+            and not self.stray_namespaces
+        )
+
+    @property
+    def anything_present(self) -> bool:
+        return (
+            self.bridge_present
+            or self.cloud_present
+            or any(g.namespace_present for g in self.gateways)
+            or bool(self.stray_namespaces)
+        )
+
+
+def ssh_banner(address: str, port: int = 22, timeout: float = 0.5) -> bool:
+    """True when an SSH server answers with its identification string."""
+    try:
+        with socket.create_connection((address, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            return sock.recv(64).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
+class VirtualLab:
+    """Up, down and status of the virtual lab a rig describes."""
+
+    def __init__(self, rig: Rig) -> None:
+        self.rig = rig
+        self.plan = plan_for(rig)
+
+    # ------------------------------------------------------------------ status
+    def status(self) -> LabStatus:
+        plan = self.plan
+        namespaces = set(system.netns_list())
+        ours = {g.namespace for g in plan.gateways} | {plan.cloud_namespace}
+        status = LabStatus(
+            lab_id=plan.lab_id,
+            bridge_present=plan.bridge in system.link_names(),
+            cloud_present=plan.cloud_namespace in namespaces,
+            stray_namespaces=sorted(
+                n for n in namespaces if n.startswith(plan.prefix) and n not in ours
+            ),
+        )
+        for gw in plan.gateways:
+            present = gw.namespace in namespaces
+            status.gateways.append(
+                GatewayStatus(
+                    name=gw.name,
+                    namespace=gw.namespace,
+                    address=gw.mgmt_address,
+                    namespace_present=present,
+                    sshd_pid=self._sshd_pid(gw) if present else None,
+                    ssh_answers=present and ssh_banner(gw.mgmt_address),
+                )
+            )
+        return status
+
+    def _sshd_pid(self, gw: GatewayPlan) -> int | None:
+        try:
+            pid = int((gw.disk / "run" / "sshd.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if system.pid_alive(pid) and pid in system.netns_pids(gw.namespace) else None
+
+    # ------------------------------------------------------------------ up / down
+    def up(self) -> bool:
+        """Bring the lab up; returns False when it was already up and healthy (left alone)."""
+        system.require_root("`fieldrig lab up`")
+        for tool in system.REQUIRED_TOOLS:
+            system.find_tool(tool)
+        with self._locked():
+            if self.status().healthy:
+                return False
+            self._teardown()  # stale pieces of a killed run, or a half-built lab
+            try:
+                self._build()
+            except BaseException:
+                self._teardown()
+                raise
+            self._set_owner(None)
+            return True
+
+    def acquire(self) -> bool:
+        """Make the lab usable for a test session; True when this session must take it down.
+
+        A healthy lab started by `fieldrig lab up` or by another live session is left alone.
+        One whose owning session died (SIGKILL, crash) is adopted, and a broken or absent
+        one is rebuilt; in both cases this process becomes the owner.
+        """
+        if self.status().healthy:
+            owner = self._owner()
+            if owner is None or system.pid_alive(owner):
+                return False
+        else:
+            self.up()
+        self._set_owner(os.getpid())
+        return True
+
+    def _owner(self) -> int | None:
+        """Pid of the session that owns the lab; None when it was started by hand."""
+        try:
+            pid = json.loads((self.plan.state_dir / "owner.json").read_text())["pid"]
+        except (OSError, ValueError, KeyError):
+            return None
+        return int(pid) if pid is not None else None
+
+    def _set_owner(self, pid: int | None) -> None:
+        (self.plan.state_dir / "owner.json").write_text(json.dumps({"pid": pid}) + "\n")
+
+    def down(self, purge: bool = False) -> None:
+        """Remove every namespace, link and process of the lab; `purge` also deletes state_dir."""
+        system.require_root("`fieldrig lab down`")
+        with self._locked():
+            self._teardown()
+            (self.plan.state_dir / "owner.json").unlink(missing_ok=True)
+        if purge:
+            shutil.rmtree(self.plan.state_dir, ignore_errors=True)
+
+    def stop_sshd(self, gateway: str) -> None:
+        """Kill one gateway's sshd and every session it serves (the link stays up)."""
+        gw = self._gateway(gateway)
+        pid = self._sshd_pid(gw)
+        sessions = [p for p in system.netns_pids(gw.namespace) if _is_sshd(p)]
+        system.kill_all(sessions + ([pid] if pid else []))
+
+    def start_sshd(self, gateway: str) -> None:
+        """(Re)start one gateway's sshd in its namespaces and wait until it answers."""
+        gw = self._gateway(gateway)
+        self._start_sshd(gw)
+        self._wait_for_ssh([gw])
+
+    def _gateway(self, name: str) -> GatewayPlan:
+        for gw in self.plan.gateways:
+            if gw.name == name:
+                return gw
+        raise LabError(f"virtual lab '{self.plan.lab_id}' has no gateway '{name}'")
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.plan.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with open(self.plan.state_dir / ".lock", "w", encoding="ascii") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def _teardown(self) -> None:
+        plan = self.plan
+        namespaces = [n for n in system.netns_list() if n.startswith(plan.prefix)]
+        for ns in namespaces:
+            system.kill_all(system.netns_pids(ns))
+        for ns in namespaces:
+            system.run(["ip", "netns", "del", ns], check=False)
+        for link in system.link_names():
+            if link == plan.bridge or link.startswith(f"frm-{plan.lab_id}-"):
+                system.run(["ip", "link", "del", link], check=False)
+        leftovers = [n for n in system.netns_list() if n.startswith(plan.prefix)]
+        if leftovers:
+            raise LabError(f"could not remove namespaces {leftovers}; see `ip netns pids`")
+
+    def _build(self) -> None:
+        plan = self.plan
+        self._prepare_keys()
+        self._check_subnet_free()
+        ip = system.run
+        ip(["ip", "link", "add", plan.bridge, "type", "bridge"])
+        ip(["ip", "addr", "add", f"{plan.bridge_address}/{plan.mgmt_prefix}", "dev", plan.bridge])
+        ip(["ip", "link", "set", plan.bridge, "up"])
+        cloud = plan.cloud_namespace
+        ip(["ip", "netns", "add", cloud])
+        ip(["ip", "-n", cloud, "link", "set", "lo", "up"])
+        ip(["ip", "-n", cloud, "link", "add", "wanbr", "type", "bridge"])
+        ip(["ip", "-n", cloud, "addr", "add", f"{plan.cloud_address}/{plan.wan_prefix}",
+            "dev", "wanbr"])  # fmt: skip
+        ip(["ip", "-n", cloud, "link", "set", "wanbr", "up"])
+        for gw in plan.gateways:
+            self._build_gateway(gw)
+        self._write_known_hosts()
+        self._wait_for_ssh(plan.gateways)
+
+    def _build_gateway(self, gw: GatewayPlan) -> None:
+        plan = self.plan
+        ip = system.run
+        ns = gw.namespace
+        ip(["ip", "netns", "add", ns])
+        ip(["ip", "-n", ns, "link", "set", "lo", "up"])
+        ip(["ip", "link", "add", gw.root_veth, "type", "veth", "peer", "name", "mgmt0",
+            "netns", ns])  # fmt: skip
+        ip(["ip", "link", "set", gw.root_veth, "master", plan.bridge, "up"])
+        ip(["ip", "-n", ns, "addr", "add", f"{gw.mgmt_address}/{plan.mgmt_prefix}", "dev", "mgmt0"])
+        ip(["ip", "-n", ns, "link", "set", "mgmt0", "up"])
+        ip(["ip", "-n", plan.cloud_namespace, "link", "add", gw.cloud_veth, "type", "veth",
+            "peer", "name", "wan0", "netns", ns])  # fmt: skip
+        ip(["ip", "-n", plan.cloud_namespace, "link", "set", gw.cloud_veth, "master", "wanbr",
+            "up"])  # fmt: skip
+        ip(["ip", "-n", ns, "addr", "add", f"{gw.wan_address}/{plan.wan_prefix}", "dev", "wan0"])
+        ip(["ip", "-n", ns, "link", "set", "wan0", "up"])
+        self._prepare_disk(gw)
+        self._start_sshd(gw)
+
+    def _check_subnet_free(self) -> None:
+        wanted = ipaddress.IPv4Network(f"{self.plan.bridge_address}/{self.plan.mgmt_prefix}", False)
+        for line in system.run(["ip", "-o", "-4", "addr", "show"], check=False).splitlines():
+            parts = line.split()
+            if "inet" not in parts:
+                continue
+            net = ipaddress.IPv4Interface(parts[parts.index("inet") + 1]).network
+            if net.overlaps(wanted):
+                raise LabError(
+                    f"management subnet {wanted} of lab '{self.plan.lab_id}' overlaps {net} on "
+                    f"interface {parts[1]}; pick another virtual.management_subnet in the rig file"
+                )
+
+    # ------------------------------------------------------------------ files
+    def _prepare_keys(self) -> None:
+        key = self.plan.client_key
+        if not key.exists():
+            system.run([system.find_tool("ssh-keygen"), "-q", "-t", "ed25519", "-N", "",
+                        "-C", f"fieldrig-{self.plan.lab_id}", "-f", str(key)])  # fmt: skip
+
+    def _prepare_disk(self, gw: GatewayPlan) -> None:
+        board = BOARDS[gw.board]
+        disk = gw.disk
+        for sub in ("root", "tmp", "etc/ssh", "run", "var/log"):
+            (disk / sub).mkdir(parents=True, exist_ok=True)
+        (disk / "root").chmod(0o700)
+        (disk / "tmp").chmod(0o1777)
+        hostkey = disk / "etc/ssh/ssh_host_ed25519_key"
+        if not hostkey.exists():
+            system.run([system.find_tool("ssh-keygen"), "-q", "-t", "ed25519", "-N", "",
+                        "-C", f"{gw.name}", "-f", str(hostkey)])  # fmt: skip
+        pub = self.plan.client_key.with_suffix(".pub").read_text()
+        (disk / "etc/ssh/authorized_keys").write_text(pub)
+        (disk / "etc/os-release").write_text(
+            f'PRETTY_NAME="{board.os_pretty_name}"\nID={board.os_id}\n'
+            f'VERSION_ID="{board.os_version_id}"\nVERSION_CODENAME={board.os_version_codename}\n'
+            f"FIELDRIG_VIRTUAL_BOARD={board.id}\n"
+        )
+        (disk / "etc/hostname").write_text(f"{gw.name}\n")
+        (disk / "etc/ssh/sshd_config").write_text(
+            "\n".join(
+                [
+                    f"ListenAddress {gw.mgmt_address}",
+                    "Port 22",
+                    f"HostKey {hostkey}",
+                    f"PidFile {disk / 'run/sshd.pid'}",
+                    f"AuthorizedKeysFile {disk / 'etc/ssh/authorized_keys'}",
+                    "PermitRootLogin prohibit-password",
+                    "PasswordAuthentication no",
+                    "KbdInteractiveAuthentication no",
+                    "UsePAM no",
+                    "PrintMotd no",
+                    "PrintLastLog no",
+                    "StrictModes no",
+                    "UseDNS no",
+                    "MaxSessions 64",
+                    "MaxStartups 200:30:400",
+                    "Subsystem sftp internal-sftp",
+                    "",
+                ]
+            )
+        )
+
+    def _write_known_hosts(self) -> None:
+        lines = []
+        for gw in self.plan.gateways:
+            key = (gw.disk / "etc/ssh/ssh_host_ed25519_key.pub").read_text().split()
+            lines.append(f"{gw.mgmt_address} {key[0]} {key[1]}\n")
+        tmp = self.plan.known_hosts.with_suffix(".tmp")
+        tmp.write_text("".join(lines))
+        os.replace(tmp, self.plan.known_hosts)
+
+    # ------------------------------------------------------------------ sshd
+    def _start_sshd(self, gw: GatewayPlan) -> None:
+        board = BOARDS[gw.board]
+        disk = gw.disk
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation dir
+        (disk / "run/sshd.pid").unlink(missing_ok=True)
+        script = "\n".join(
+            [
+                "set -e",
+                f"mount --bind {disk}/root /root",
+                f"mount --bind {disk}/tmp /tmp",
+                f"mount --bind {disk}/etc/os-release /etc/os-release",
+                f"mount --bind {disk}/etc/hostname /etc/hostname",
+                "mount -t tmpfs -o size=64k,mode=755 fieldrig-firmware /sys/firmware",
+                "mkdir -p /sys/firmware/devicetree/base",
+                f"printf '%s\\0' '{board.model}' > /sys/firmware/devicetree/base/model",
+                f"hostname {gw.name}",
+                f"exec {system.find_tool('sshd')} -f {disk}/etc/ssh/sshd_config "
+                f"-E {disk}/var/log/sshd.log",
+            ]
+        )
+        argv = ["ip", "netns", "exec", gw.namespace, "unshare", "--mount", "--uts",
+                "--propagation", "private", "/bin/sh", "-c", script]  # fmt: skip
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=30)
+        if proc.returncode != 0:
+            raise LabError(
+                f"sshd of gateway {gw.name} did not start: {proc.stderr.strip() or proc.stdout}; "
+                f"see {disk}/var/log/sshd.log"
+            )
+
+    def _wait_for_ssh(self, gateways: tuple[GatewayPlan, ...] | list[GatewayPlan]) -> None:
+        deadline = time.monotonic() + 15.0
+        pending = list(gateways)
+        while pending and time.monotonic() < deadline:
+            pending = [gw for gw in pending if not ssh_banner(gw.mgmt_address)]
+            if pending:
+                time.sleep(0.05)
+        if pending:
+            names = ", ".join(gw.name for gw in pending)
+            raise LabError(f"sshd of {names} did not answer within 15 s; see var/log/sshd.log")
+
+
+def _is_sshd(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip().startswith("sshd")
+    except OSError:
+        return False

@@ -1,0 +1,1 @@
+"""Transports: SSH with a persistent remote agent, serial ports."""

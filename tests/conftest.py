@@ -1,0 +1,33 @@
+"""Shared fixtures for fieldrig's own tests: the real virtual lab, brought up once."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from bench.gateway import ConnectedGateway
+from bench.lab.virtual import VirtualLab
+from bench.rig import Rig, load_rig
+
+
+@pytest.fixture(scope="session")
+def virtual_rig() -> Rig:
+    return load_rig("virtual")
+
+
+@pytest.fixture(scope="session")
+def lab(virtual_rig: Rig) -> Iterator[VirtualLab]:
+    """The shipped virtual lab, up for the whole test session (real namespaces and sshd)."""
+    lab = VirtualLab(virtual_rig)
+    owns = lab.acquire()
+    yield lab
+    if owns:
+        lab.down()
+
+
+@pytest.fixture
+def gw1(lab: VirtualLab, virtual_rig: Rig) -> Iterator[ConnectedGateway]:
+    gateway = ConnectedGateway(virtual_rig.gateway("gw1"))
+    yield gateway
+    gateway.close()
