@@ -1,0 +1,268 @@
+"""The fieldrig pytest plugin: --rig, gateway fixtures, capability markers, result capture.
+
+Registered through the ``pytest11`` entry point, so an installed fieldrig works in any
+directory. Nothing happens unless a collected test uses one of the fixtures below.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.errors import BenchError
+from bench.gateway import ConnectedGateway
+from bench.results import RunStore
+from bench.rig import Rig, load_rig
+from bench.session import BenchSession
+
+FIXTURES = frozenset({"rig", "gateway", "gateways", "results"})
+STATE_KEY = pytest.StashKey["PluginState"]()
+
+
+class PluginState:
+    """Per-pytest-session state of the plugin."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self._spec: Rig | None = None
+        self.session: BenchSession | None = None
+        self.start_error: str | None = None
+
+    @property
+    def spec(self) -> Rig:
+        if self._spec is None:
+            try:
+                self._spec = load_rig(self.config.getoption("rig"))
+            except BenchError as exc:
+                raise pytest.UsageError(str(exc)) from None
+        return self._spec
+
+    def selected_gateways(self) -> list[str]:
+        """The rig's gateways, restricted by --gateway (unknown names are a usage error)."""
+        names = self.spec.gateway_names()
+        wanted: list[str] = self.config.getoption("gateway") or []
+        unknown = [n for n in wanted if n not in names]
+        if unknown:
+            raise pytest.UsageError(
+                f"--gateway {unknown[0]}: rig '{self.spec.name}' has no such gateway; "
+                f"it has {', '.join(names)}"
+            )
+        return [n for n in names if not wanted or n in wanted]
+
+    def say(self, line: str) -> None:
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(line)
+        else:
+            print(line, file=sys.stderr)
+
+
+def _state(config: pytest.Config) -> PluginState:
+    return config.stash[STATE_KEY]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("fieldrig", "fieldrig hardware-in-the-loop bench")
+    group.addoption(
+        "--rig",
+        default="virtual",
+        help="rig name (rigs/NAME.yaml) or path to a rig file; default: virtual (the virtual lab)",
+    )
+    group.addoption(
+        "--gateway",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="run only on this gateway (repeatable)",
+    )
+    group.addoption(
+        "--keep-lab", action="store_true", help="leave the virtual lab up after the run"
+    )
+    group.addoption(
+        "--runs-dir",
+        default=None,
+        help="where runs are stored (default: reports/runs under the rootdir)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "board(*ids): run only on gateways of these boards")
+    config.addinivalue_line("markers", "tag(*tags): run only on gateways carrying all these tags")
+    config.addinivalue_line(
+        "markers", "needs(*capabilities): run only where the gateway has them (psu, radio, ...)"
+    )
+    config.stash[STATE_KEY] = PluginState(config)
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "gateway" in metafunc.fixturenames:
+        names = _state(metafunc.config).selected_gateways()
+        metafunc.parametrize("gateway", names, ids=names, indirect=True)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    config = session.config
+    if config.option.collectonly or not any(
+        FIXTURES.intersection(getattr(item, "fixturenames", ())) for item in session.items
+    ):
+        return
+    state = _state(config)
+    runs_dir = Path(config.getoption("runs_dir") or config.rootpath / "reports" / "runs")
+    try:
+        state.session = BenchSession.start(
+            state.spec,
+            selected=state.selected_gateways(),
+            runs_dir=runs_dir,
+            argv=["pytest", *config.invocation_params.args],
+            say=state.say,
+        )
+    except BenchError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    state = _state(session.config)
+    if state.session is None:
+        return
+    status = "interrupted" if exitstatus == pytest.ExitCode.INTERRUPTED else "complete"
+    state.session.close(status, keep_lab=session.config.getoption("keep_lab"), say=state.say)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    state = _state(terminalreporter.config)
+    bench = state.session
+    if bench is None:
+        return
+    if bench.unavailable:
+        terminalreporter.section("fieldrig infrastructure errors", red=True)
+        for name, reason in bench.unavailable.items():
+            terminalreporter.write_line(f"{name}: {reason}")
+    terminalreporter.write_line(
+        f"fieldrig run {bench.store.run_id} ({'virtual' if bench.virtual else 'hardware'}): "
+        f"{bench.store.run_dir}"
+    )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    bench = _state(item.config).session
+    if bench is None or not FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        return report
+    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+        outcome = report.outcome
+        if hasattr(report, "wasxfail"):
+            outcome = "xfailed" if report.skipped else "xpassed"
+        elif report.when == "setup" and report.failed:
+            outcome = "error"
+        message = ""
+        if report.skipped and isinstance(report.longrepr, tuple):
+            message = str(report.longrepr[2])
+        elif report.failed:
+            message = report.longreprtext.strip().splitlines()[-1] if report.longreprtext else ""
+        bench.store.record_outcome(
+            test=item.nodeid,
+            gateway=_gateway_param(item),
+            outcome=outcome,
+            duration_s=report.duration,
+            message=message,
+        )
+    return report
+
+
+def _gateway_param(item: pytest.Item) -> str | None:
+    callspec = getattr(item, "callspec", None)
+    value = callspec.params.get("gateway") if callspec is not None else None
+    return value if isinstance(value, str) else None
+
+
+def _bench(request: pytest.FixtureRequest) -> BenchSession:
+    bench = _state(request.config).session
+    if bench is None:  # only when the fixture is requested dynamically
+        pytest.skip("fieldrig session not started (no fixture use seen at collection)")
+    return bench
+
+
+def _unmet(gw: ConnectedGateway, item: pytest.Item) -> str | None:
+    """Why this gateway cannot run this test, from its board/tag/needs markers."""
+    spec = gw.spec
+    for mark in item.iter_markers("board"):
+        if spec.board not in mark.args:
+            return f"{gw.name} is a {spec.board}; test needs board {' or '.join(mark.args)}"
+    for mark in item.iter_markers("tag"):
+        missing = [t for t in mark.args if t not in spec.tags]
+        if missing:
+            return f"{gw.name} lacks tag {', '.join(missing)}"
+    for mark in item.iter_markers("needs"):
+        missing = [c for c in mark.args if c not in spec.capabilities]
+        if missing:
+            return f"{gw.name} has no {', '.join(missing)} capability in the rig"
+    return None
+
+
+@pytest.fixture(scope="session")
+def rig(request: pytest.FixtureRequest) -> BenchSession:
+    """The session's bench: rig spec, lab, connected gateways, inventory, run store."""
+    return _bench(request)
+
+
+@pytest.fixture
+def gateway(request: pytest.FixtureRequest, rig: BenchSession) -> ConnectedGateway:
+    """One gateway (tests are parametrized over the selected gateways; ids are their names)."""
+    name: str = request.param
+    if name in rig.unavailable:
+        pytest.skip(f"{name} unavailable (infrastructure): {rig.unavailable[name]}")
+    gw = rig.gateways[name]
+    reason = _unmet(gw, request.node)
+    if reason:
+        pytest.skip(reason)
+    return gw
+
+
+@pytest.fixture
+def gateways(rig: BenchSession) -> list[ConnectedGateway]:
+    """All selected, healthy gateways."""
+    return rig.healthy
+
+
+class Recorder:
+    """Records measurements of the current test into the run (the `results` fixture)."""
+
+    def __init__(self, store: RunStore, item: pytest.Item, gateway: str | None) -> None:
+        self.store = store
+        self.gateway = gateway
+        self.suite = Path(str(item.path)).stem.removeprefix("test_")
+        self.test = getattr(item, "originalname", item.name)
+        callspec = getattr(item, "callspec", None)
+        self.parameters = {
+            k: v for k, v in (callspec.params.items() if callspec else ()) if k != "gateway"
+        }
+
+    def record(
+        self, metric: str, value: float | int | str | bool, unit: str, **parameters: Any
+    ) -> None:
+        """Append one measurement; it is on disk when this returns."""
+        params = {k: _plain(v) for k, v in {**self.parameters, **parameters}.items()}
+        self.store.record(
+            gateway=self.gateway,
+            suite=self.suite,
+            test=self.test,
+            metric=metric,
+            value=value,
+            unit=unit,
+            parameters=params,
+        )
+
+
+def _plain(value: Any) -> Any:
+    return value if isinstance(value, str | int | float | bool | type(None)) else str(value)
+
+
+@pytest.fixture
+def results(request: pytest.FixtureRequest, rig: BenchSession) -> Iterator[Recorder]:
+    """The recorder for this test; measurements carry the test's gateway when it has one."""
+    yield Recorder(rig.store, request.node, _gateway_param(request.node))

@@ -1,0 +1,111 @@
+"""One bench session: the rig, its lab, connected gateways, their health and the run store."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench.errors import BenchError
+from bench.fleet.inventory import collect_inventory
+from bench.gateway import ConnectedGateway
+from bench.lab.virtual import VirtualLab
+from bench.results import RunStore
+from bench.rig import Rig
+
+HEALTH_DEADLINE_S = 20.0
+
+
+@dataclass
+class BenchSession:
+    """Everything a run needs once, shared by all tests (the `rig` fixture)."""
+
+    spec: Rig
+    store: RunStore
+    gateways: dict[str, ConnectedGateway]
+    lab: VirtualLab | None = None
+    owns_lab: bool = False
+    unavailable: dict[str, str] = field(default_factory=dict)
+    inventory: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def virtual(self) -> bool:
+        return self.spec.is_virtual
+
+    def gateway(self, name: str) -> ConnectedGateway:
+        """A healthy gateway by name (BenchError naming the reason otherwise)."""
+        if name in self.unavailable:
+            raise BenchError(f"gateway {name} is unavailable: {self.unavailable[name]}")
+        return self.gateways[name]
+
+    @property
+    def healthy(self) -> list[ConnectedGateway]:
+        return [gw for name, gw in self.gateways.items() if name not in self.unavailable]
+
+    @classmethod
+    def start(
+        cls,
+        spec: Rig,
+        *,
+        selected: Iterable[str],
+        runs_dir: Path,
+        argv: list[str] | None = None,
+        say: Callable[[str], None] = print,
+    ) -> BenchSession:
+        """Bring the lab up (virtual rigs), open the run, health-check and inventory gateways."""
+        lab, owns = None, False
+        if spec.is_virtual:
+            lab = VirtualLab(spec)
+            owns = lab.acquire()
+            say(f"fieldrig: virtual lab '{lab.plan.lab_id}' " + ("up" if owns else "already up"))
+        store = RunStore.create(
+            runs_dir,
+            rig_name=spec.name,
+            rig_path=spec.source_path,
+            rig_sha256=spec.file_sha256,
+            virtual=spec.is_virtual,
+            argv=argv,
+        )
+        gateways = {name: ConnectedGateway(spec.gateway(name)) for name in selected}
+        session = cls(spec=spec, store=store, gateways=gateways, lab=lab, owns_lab=owns)
+        session.check_health(say)
+        return session
+
+    def check_health(self, say: Callable[[str], None]) -> None:
+        """Connect to every gateway in parallel and take its inventory; failures are reported
+        once as infrastructure events and the gateway's tests are skipped."""
+
+        def probe(gw: ConnectedGateway) -> dict[str, Any]:
+            gw.connect(deadline_s=min(HEALTH_DEADLINE_S, gw.params.reconnect_deadline_s))
+            return collect_inventory(gw)
+
+        if not self.gateways:
+            return
+        with ThreadPoolExecutor(max_workers=min(32, len(self.gateways))) as pool:
+            futures = {name: pool.submit(probe, gw) for name, gw in self.gateways.items()}
+        for name, future in futures.items():
+            try:
+                self.inventory[name] = future.result()
+            except BenchError as exc:
+                self.unavailable[name] = str(exc)
+                self.store.record_event(gateway=name, kind="health_check_failed", message=str(exc))
+                say(f"fieldrig: INFRASTRUCTURE ERROR gateway {name} unavailable: {exc}")
+        self.store.set_inventory(self.inventory)
+
+    def close(
+        self, status: str, *, keep_lab: bool = False, say: Callable[[str], None] = print
+    ) -> None:
+        """Finish the run, close connections, take down a lab this session brought up."""
+        for gw in self.gateways.values():
+            gw.close()
+        for warning in self.store.finish(status):
+            say(f"fieldrig: {warning}")
+        if self.lab is not None and self.owns_lab and not keep_lab:
+            self.lab.down()
+            say(f"fieldrig: virtual lab '{self.lab.plan.lab_id}' down")

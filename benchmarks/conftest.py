@@ -1,0 +1,69 @@
+"""Benchmarks of fieldrig itself, against the real virtual lab.
+
+Every comparison runs the baseline and fieldrig in the same process on the same lab, and
+the results are printed as ratios at the end of the session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.lab.virtual import VirtualLab
+from bench.rig import Rig, load_rig
+
+MEDIANS: dict[str, float] = {}
+RIGS_DIR = Path(__file__).parent / "rigs"
+
+
+def remember(name: str, benchmark: Any) -> float:
+    """Store the median (seconds) of a finished benchmark under `name` and return it."""
+    median = float(benchmark.stats.stats.median)
+    MEDIANS[name] = median
+    return median
+
+
+@pytest.fixture(scope="session")
+def virtual_rig() -> Rig:
+    return load_rig("virtual")
+
+
+@pytest.fixture(scope="session")
+def lab(virtual_rig: Rig) -> Iterator[VirtualLab]:
+    lab = VirtualLab(virtual_rig)
+    owns = lab.acquire()
+    yield lab
+    if owns:
+        lab.down()
+
+
+@pytest.fixture(scope="session")
+def lab20() -> Iterator[VirtualLab]:
+    """A lab of twenty gateways (rigs in benchmarks/rigs/)."""
+    lab = VirtualLab(load_rig(RIGS_DIR / "bench20.yaml"))
+    owns = lab.acquire()
+    yield lab
+    if owns:
+        lab.down()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not MEDIANS:
+        return
+    terminalreporter.section("fieldrig benchmark medians and ratios")
+    for name, median in MEDIANS.items():
+        terminalreporter.write_line(f"{name:<40} {median * 1e3:9.3f} ms")
+    pairs = [
+        ("ssh_new_connection", "fieldrig_run"),
+        ("ssh_controlmaster", "fieldrig_run"),
+        ("paramiko_exec", "fieldrig_run"),
+        ("ssh_controlmaster", "fieldrig_agent_round_trip"),
+        ("sequential_20", "fanout_20"),
+    ]
+    for slow, fast in pairs:
+        if slow in MEDIANS and fast in MEDIANS:
+            ratio = MEDIANS[slow] / MEDIANS[fast]
+            terminalreporter.write_line(f"{slow} / {fast}: {ratio:.1f}x")

@@ -1,0 +1,99 @@
+"""Command round trip on one virtual gateway: fieldrig's agent vs the usual ways.
+
+Baselines: a new `ssh` process and connection per command; OpenSSH ControlMaster (what
+labgrid uses); paramiko exec (one SSH channel per command). All run `true` on gw1.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.gateway import ConnectedGateway
+from bench.lab.virtual import VirtualLab
+from bench.rig import Rig
+from benchmarks.conftest import MEDIANS, remember
+
+
+@pytest.fixture(scope="module")
+def gw1(lab: VirtualLab, virtual_rig: Rig) -> Iterator[ConnectedGateway]:
+    gateway = ConnectedGateway(virtual_rig.gateway("gw1"))
+    gateway.run(["true"])
+    yield gateway
+    gateway.close()
+
+
+def ssh_argv(lab: VirtualLab, *extra: str) -> list[str]:
+    return [
+        "ssh", "-i", str(lab.plan.client_key), "-o", f"UserKnownHostsFile={lab.plan.known_hosts}",
+        "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", *extra,
+        f"root@{lab.plan.gateways[0].mgmt_address}",
+    ]  # fmt: skip
+
+
+def test_fieldrig_run(benchmark: Any, gw1: ConnectedGateway) -> None:
+    result = benchmark(gw1.run, ["true"])
+    assert result.exit_status == 0
+    remember("fieldrig_run", benchmark)
+
+
+def test_fieldrig_agent_round_trip(benchmark: Any, gw1: ConnectedGateway) -> None:
+    """The agent's own round trip (no process started): the floor of any command."""
+    before, _board, after = benchmark(gw1.ping)
+    assert before <= after
+    remember("fieldrig_agent_round_trip", benchmark)
+
+
+def test_paramiko_exec(benchmark: Any, gw1: ConnectedGateway) -> None:
+    gw1.connect()
+    transport = gw1._transport
+    assert transport is not None
+
+    def exec_true() -> int:
+        channel = transport.open_session()
+        channel.exec_command("true")
+        status = channel.recv_exit_status()
+        channel.close()
+        return status
+
+    assert benchmark(exec_true) == 0
+    remember("paramiko_exec", benchmark)
+
+
+def test_ssh_controlmaster(benchmark: Any, lab: VirtualLab, tmp_path: Path) -> None:
+    control = tmp_path / "cm.sock"
+    master = ssh_argv(lab, "-o", "ControlMaster=yes", "-o", f"ControlPath={control}", "-N")
+    proc = subprocess.Popen(master)
+    try:
+        for _ in range(100):
+            if control.exists():
+                break
+            subprocess.run(["sleep", "0.05"], check=True)
+        client = ssh_argv(lab, "-o", "ControlMaster=no", "-o", f"ControlPath={control}", "true")
+        result = benchmark(subprocess.run, client, check=True)
+        assert result.returncode == 0
+        remember("ssh_controlmaster", benchmark)
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def test_ssh_new_connection(benchmark: Any, lab: VirtualLab) -> None:
+    argv = ssh_argv(lab, "true")
+    result = benchmark.pedantic(subprocess.run, args=(argv,), kwargs={"check": True}, rounds=10)
+    assert result.returncode == 0
+    remember("ssh_new_connection", benchmark)
+
+
+def test_round_trip_ratios() -> None:
+    """fieldrig must beat every per-command baseline; the ratios are printed at the end."""
+    needed = ("fieldrig_run", "ssh_controlmaster", "paramiko_exec", "ssh_new_connection")
+    if any(name not in MEDIANS for name in needed):
+        pytest.skip("run the whole module to compare")
+    assert MEDIANS["ssh_controlmaster"] / MEDIANS["fieldrig_run"] >= 3
+    assert MEDIANS["paramiko_exec"] / MEDIANS["fieldrig_run"] >= 1.5
+    assert MEDIANS["ssh_new_connection"] / MEDIANS["fieldrig_run"] >= 50
