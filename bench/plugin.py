@@ -98,14 +98,28 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[STATE_KEY] = PluginState(config)
 
 
+def pytest_collection(session: pytest.Session) -> None:
+    """Check an explicitly given --rig / --gateway before collecting (one-line usage error)."""
+    config = session.config
+    if config.getoption("gateway") or config.getoption("rig") != "virtual":
+        _state(config).selected_gateways()
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "gateway" in metafunc.fixturenames:
-        names = _state(metafunc.config).selected_gateways()
+        state = _state(metafunc.config)
+        try:
+            names = state.selected_gateways()
+        except pytest.UsageError as exc:  # reported once, cleanly, when collection ends
+            state.start_error = str(exc)
+            names = []
         metafunc.parametrize("gateway", names, ids=names, indirect=True)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
     config = session.config
+    if _state(config).start_error:
+        raise pytest.UsageError(_state(config).start_error)
     if config.option.collectonly or not any(
         FIXTURES.intersection(getattr(item, "fixturenames", ())) for item in session.items
     ):

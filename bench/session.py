@@ -14,6 +14,7 @@ from bench.gateway import ConnectedGateway
 from bench.lab.virtual import VirtualLab
 from bench.results import RunStore
 from bench.rig import Rig
+from bench.transport.serial import SerialPort
 
 HEALTH_DEADLINE_S = 20.0
 
@@ -29,6 +30,7 @@ class BenchSession:
     owns_lab: bool = False
     unavailable: dict[str, str] = field(default_factory=dict)
     inventory: dict[str, dict[str, Any]] = field(default_factory=dict)
+    _ports: list[SerialPort] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -43,6 +45,22 @@ class BenchSession:
         if name in self.unavailable:
             raise BenchError(f"gateway {name} is unavailable: {self.unavailable[name]}")
         return self.gateways[name]
+
+    def radio_port(self, name: str) -> SerialPort:
+        """An open serial port to the gateway's radio dongle, with its transcript kept in
+        the run (``serial/<gateway>.log``)."""
+        link = self.spec.gateway(name).radio
+        if link is None:
+            raise BenchError(f"gateway {name} has no radio in rig '{self.spec.name}'")
+        port = SerialPort(
+            link.port,
+            baudrate=link.baudrate,
+            name=f"{name}-radio",
+            transcript=self.store.run_dir / "serial" / f"{name}.log",
+        )
+        port.open()
+        self._ports.append(port)
+        return port
 
     @property
     def healthy(self) -> list[ConnectedGateway]:
@@ -102,6 +120,8 @@ class BenchSession:
         self, status: str, *, keep_lab: bool = False, say: Callable[[str], None] = print
     ) -> None:
         """Finish the run, close connections, take down a lab this session brought up."""
+        for port in self._ports:
+            port.close()
         for gw in self.gateways.values():
             gw.close()
         for warning in self.store.finish(status):

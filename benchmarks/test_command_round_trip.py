@@ -7,6 +7,7 @@ labgrid uses); paramiko exec (one SSH channel per command). All run `true` on gw
 from __future__ import annotations
 
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,11 +28,12 @@ def gw1(lab: VirtualLab, virtual_rig: Rig) -> Iterator[ConnectedGateway]:
     gateway.close()
 
 
-def ssh_argv(lab: VirtualLab, *extra: str) -> list[str]:
+def ssh_argv(lab: VirtualLab, options: list[str], command: str) -> list[str]:
+    """An OpenSSH client command line to gw1 with the lab's key and pinned host keys."""
     return [
         "ssh", "-i", str(lab.plan.client_key), "-o", f"UserKnownHostsFile={lab.plan.known_hosts}",
-        "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", *extra,
-        f"root@{lab.plan.gateways[0].mgmt_address}",
+        "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", *options,
+        f"root@{lab.plan.gateways[0].mgmt_address}", *([command] if command else []),
     ]  # fmt: skip
 
 
@@ -66,14 +68,14 @@ def test_paramiko_exec(benchmark: Any, gw1: ConnectedGateway) -> None:
 
 def test_ssh_controlmaster(benchmark: Any, lab: VirtualLab, tmp_path: Path) -> None:
     control = tmp_path / "cm.sock"
-    master = ssh_argv(lab, "-o", "ControlMaster=yes", "-o", f"ControlPath={control}", "-N")
+    master = ssh_argv(lab, ["-o", "ControlMaster=yes", "-o", f"ControlPath={control}", "-N"], "")
     proc = subprocess.Popen(master)
     try:
         for _ in range(100):
             if control.exists():
                 break
-            subprocess.run(["sleep", "0.05"], check=True)
-        client = ssh_argv(lab, "-o", "ControlMaster=no", "-o", f"ControlPath={control}", "true")
+            time.sleep(0.05)
+        client = ssh_argv(lab, ["-o", "ControlMaster=no", "-o", f"ControlPath={control}"], "true")
         result = benchmark(subprocess.run, client, check=True)
         assert result.returncode == 0
         remember("ssh_controlmaster", benchmark)
@@ -83,7 +85,7 @@ def test_ssh_controlmaster(benchmark: Any, lab: VirtualLab, tmp_path: Path) -> N
 
 
 def test_ssh_new_connection(benchmark: Any, lab: VirtualLab) -> None:
-    argv = ssh_argv(lab, "true")
+    argv = ssh_argv(lab, [], "true")
     result = benchmark.pedantic(subprocess.run, args=(argv,), kwargs={"check": True}, rounds=10)
     assert result.returncode == 0
     remember("ssh_new_connection", benchmark)

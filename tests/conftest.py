@@ -10,6 +10,8 @@ from bench.gateway import ConnectedGateway
 from bench.lab.virtual import VirtualLab
 from bench.rig import Rig, load_rig
 
+pytest_plugins = ["pytester"]
+
 
 @pytest.fixture(scope="session")
 def virtual_rig() -> Rig:
