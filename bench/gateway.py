@@ -12,7 +12,7 @@ from typing import Protocol
 
 import paramiko
 
-from bench.errors import TransportError
+from bench.errors import HostKeyMismatch, TransportError
 from bench.rig import Gateway
 from bench.transport.agent import AgentClient, Command, CommandResult, RemoteProcess
 from bench.transport.ssh import SshParams, open_transport
@@ -101,9 +101,10 @@ class ConnectedGateway:
                     return self._agent
                 except TransportError as exc:
                     self._drop()
-                    if "host key" in str(exc) or time.monotonic() + delay > deadline:
+                    remaining = deadline - time.monotonic()
+                    if isinstance(exc, HostKeyMismatch) or remaining <= 0:
                         raise
-                time.sleep(delay)
+                time.sleep(min(delay, remaining))
                 delay = min(delay * 2, 2.0)
 
     def _drop(self) -> None:

@@ -6,7 +6,9 @@ the results are printed as ratios at the end of the session.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import statistics
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,17 @@ def remember(name: str, benchmark: Any) -> float:
     median = float(benchmark.stats.stats.median)
     MEDIANS[name] = median
     return median
+
+
+def interleaved_medians(calls: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+    """Median seconds of each call, measured round-robin so load drift hits all alike."""
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 @pytest.fixture(scope="session")

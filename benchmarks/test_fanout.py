@@ -10,7 +10,7 @@ import pytest
 from bench.gateway import ConnectedGateway
 from bench.lab.virtual import VirtualLab
 from bench.transport.fanout import fan_out
-from benchmarks.conftest import MEDIANS, remember
+from benchmarks.conftest import interleaved_medians, remember
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +39,14 @@ def test_sequential_20(benchmark: Any, twenty: list[ConnectedGateway]) -> None:
     remember("sequential_20", benchmark)
 
 
-def test_fanout_ratio() -> None:
-    if "fanout_20" not in MEDIANS or "sequential_20" not in MEDIANS:
-        pytest.skip("run the whole module to compare")
-    assert MEDIANS["sequential_20"] / MEDIANS["fanout_20"] >= 1.3
+def test_fanout_ratio(twenty: list[ConnectedGateway]) -> None:
+    """Fan-out against the sequential loop, interleaved in one loop."""
+    medians = interleaved_medians(
+        {
+            "fanout": lambda: fan_out(twenty, ["uname", "-n"]),
+            "sequential": lambda: [gw.run(["uname", "-n"]) for gw in twenty],
+        },
+        rounds=15,
+    )
+    print(f"interleaved fan-out: {medians}")
+    assert medians["sequential"] / medians["fanout"] >= 1.3

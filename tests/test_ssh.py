@@ -176,9 +176,18 @@ def test_unknown_host_refused_then_tofu_records(
 
 def test_reconnects_after_sshd_stopped_mid_session(lab: VirtualLab, gw1: ConnectedGateway) -> None:
     assert gw1.run(["true"]).ok
+    patient = gw1.params
+    gw1.params = dataclasses.replace(patient, reconnect_deadline_s=1.0)
     lab.stop_sshd("gw1")
-    with pytest.raises(TransportError):
+    give_up = time.monotonic() + 5
+    while gw1.connected and time.monotonic() < give_up:  # the agent notices its channel closed
+        time.sleep(0.01)
+    assert not gw1.connected
+    start = time.monotonic()
+    with pytest.raises(TransportError, match="cannot connect"):
         gw1.run(["true"], timeout=5)
+    assert 0.9 <= time.monotonic() - start < 5  # it kept trying until its deadline
+    gw1.params = dataclasses.replace(patient, reconnect_deadline_s=20.0)
     restarter = threading.Timer(1.0, lab.start_sshd, args=("gw1",))
     restarter.start()
     try:

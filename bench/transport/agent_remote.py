@@ -12,8 +12,12 @@ every reply and event carries the ``id`` of the request it belongs to.
 from __future__ import annotations
 
 import base64
+import functools
+import heapq
+import itertools
 import json
 import os
+import queue
 import signal
 import struct
 import subprocess
@@ -53,6 +57,64 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+class Workers:
+    """Threads reused across requests; a new one starts only when every worker is busy."""
+
+    def __init__(self) -> None:
+        self.tasks: queue.Queue[Callable[[], None]] = queue.Queue()
+        self.idle = 0
+        self.lock = threading.Lock()
+
+    def submit(self, task: Callable[[], None]) -> None:
+        with self.lock:
+            start = self.idle == 0
+            if not start:
+                self.idle -= 1
+        self.tasks.put(task)
+        if start:
+            threading.Thread(target=self.loop, daemon=True).start()
+
+    def loop(self) -> None:
+        while True:
+            self.tasks.get()()
+            with self.lock:
+                self.idle += 1
+
+
+class Watchdog:
+    """One thread that fires callbacks at deadlines (timeouts of running commands)."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.heap: list[tuple[float, int, list[Any]]] = []
+        self.seq = itertools.count()
+        self.thread: threading.Thread | None = None
+
+    def arm(self, delay: float, callback: Callable[[], None]) -> list[Any]:
+        entry = [callback, True]
+        with self.cond:
+            heapq.heappush(self.heap, (time.monotonic() + delay, next(self.seq), entry))
+            if self.thread is None:
+                self.thread = threading.Thread(target=self.loop, daemon=True)
+                self.thread.start()
+            self.cond.notify()
+        return entry
+
+    @staticmethod
+    def disarm(entry: list[Any]) -> None:
+        entry[1] = False
+
+    def loop(self) -> None:
+        while True:
+            with self.cond:
+                while not self.heap or self.heap[0][0] > time.monotonic():
+                    wait = self.heap[0][0] - time.monotonic() if self.heap else None
+                    self.cond.wait(wait)
+                _, _, entry = heapq.heappop(self.heap)
+            if entry[1]:
+                threading.Thread(target=entry[0], daemon=True).start()
+
+
 class Agent:
     def __init__(self, rfile: IO[bytes], wfile: IO[bytes]) -> None:
         self.rfile = rfile
@@ -60,6 +122,8 @@ class Agent:
         self.write_lock = threading.Lock()
         self.procs: dict[int, subprocess.Popen[bytes]] = {}  # spawned processes by request id
         self.procs_lock = threading.Lock()
+        self.workers = Workers()
+        self.watchdog = Watchdog()
 
     def send(self, message: dict[str, Any]) -> None:
         frame = encode_frame(message)
@@ -98,9 +162,10 @@ class Agent:
                         "mono_ns": time.monotonic_ns(),
                     }
                 )
-            elif op in ("run", "spawn"):
-                worker = self.run if op == "run" else self.spawn
-                threading.Thread(target=self.guard, args=(worker, request), daemon=True).start()
+            elif op == "run":
+                self.workers.submit(functools.partial(self.guard, self.run, request))
+            elif op == "spawn":
+                threading.Thread(target=self.guard, args=(self.spawn, request), daemon=True).start()
             elif op == "signal":
                 self.guard(self.signal, request)
             elif op == "stdin":
@@ -160,23 +225,21 @@ class Agent:
                 }
             )
             return
-        # A timer, not communicate(timeout=...): Popen polls with sleeps when given a timeout,
-        # which costs milliseconds per command.
+        # A watchdog, not communicate(timeout=...): Popen polls with sleeps when given a
+        # timeout, which costs milliseconds per command.
         timed_out: list[bool] = []
-        timer = None
+        alarm = None
         if request.get("timeout") is not None:
 
             def expire() -> None:
                 timed_out.append(True)  # before the kill: communicate() returns right after it
                 kill_group(proc)
 
-            timer = threading.Timer(request["timeout"], expire)
-            timer.daemon = True
-            timer.start()
+            alarm = self.watchdog.arm(request["timeout"], expire)
         payload = base64.b64decode(data) if data is not None else None
         out, err = proc.communicate(payload)
-        if timer is not None:
-            timer.cancel()
+        if alarm is not None:
+            Watchdog.disarm(alarm)
         t_end = time.monotonic_ns()
         rc = proc.returncode
         self.send(
