@@ -526,6 +526,11 @@ class VirtualLabSpec(_Model):
     management_subnet: LabSubnet = DEFAULT_MANAGEMENT_SUBNET
     backhaul_subnet: LabSubnet = DEFAULT_BACKHAUL_SUBNET
     lab_id: LabId
+    board_python: Annotated[
+        Path | None,
+        AfterValidator(lambda p: None if p is None else _check_absolute(p)),
+        Field(description="an absolute path to the python3 the gateways run"),
+    ] = None
 
     @model_validator(mode="after")
     def _separate_subnets(self) -> Self:

@@ -219,3 +219,30 @@ def test_lab_needs_root_message(tmp_path_factory: pytest.TempPathFactory) -> Non
     assert result.stderr.startswith("fieldrig: error: `fieldrig lab up` needs root")
     assert "Traceback" not in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def test_board_profiles_set_cpu_quotas(lab: VirtualLab, virtual_rig: Rig) -> None:
+    """Each gateway's processes run in a cgroup limited to its board's share of the CPUs."""
+    from bench.lab import cgroups
+
+    parent = cgroups.lab_cgroup(lab.plan.lab_id)
+    if parent is None:
+        pytest.skip("this kernel has no cpu cgroup controller")
+    gw = ConnectedGateway(virtual_rig.gateway("gw3"))  # coral-devboard: half a CPU
+    try:
+        agent_pid = str(gw.connect().hello["pid"])  # the agent lives as long as the session
+        assert agent_pid in (parent / "gw3" / "cgroup.procs").read_text().split()
+        stat = parent / "gw3" / "cpu.stat"
+        before = int(stat.read_text().split("nr_throttled")[1].split()[0])
+        gw.run(["python3", "-c", "import time\nt=time.time()\nwhile time.time()-t<0.3: pass"])
+        after = int(stat.read_text().split("nr_throttled")[1].split()[0])
+        assert after > before  # a busy loop on half a CPU gets throttled
+    finally:
+        gw.close()
+    quota_file = parent / "gw2" / "cpu.cfs_quota_us"
+    if quota_file.exists():
+        quota = int(quota_file.read_text())
+        period = int((parent / "gw2" / "cpu.cfs_period_us").read_text())
+    else:
+        quota, period = map(int, (parent / "gw2" / "cpu.max").read_text().split())
+    assert quota / period == pytest.approx(BOARDS["jetson-orin-nano"].cpu_quota)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from bench.boards import BOARDS
 from bench.errors import LabError
-from bench.lab import system
+from bench.lab import cgroups, system
 from bench.rig import Rig
 
 # Directories each gateway gets its own copy of (bind mounts from its disk).
@@ -83,8 +83,6 @@ def plan_for(rig: Rig) -> LabPlan:
     spec = rig.virtual
     if spec is None:
         raise LabError(f"rig '{rig.name}' is not a virtual lab (it has no `virtual:` section)")
-    mgmt = ipaddress.IPv4Network(spec.management_subnet)
-    wan = ipaddress.IPv4Network(spec.backhaul_subnet)
     state_dir = Path(spec.state_dir)
     for private in PRIVATE_DIRS:
         if state_dir.is_relative_to(private):
@@ -100,8 +98,8 @@ def plan_for(rig: Rig) -> LabPlan:
             name=gw.name,
             board=gw.board,
             namespace=f"fr-{lab_id}-{gw.name}",
-            mgmt_address=str(mgmt.network_address + 11 + i),
-            wan_address=str(wan.network_address + 11 + i),
+            mgmt_address=str(spec.gateway_address(i)),
+            wan_address=str(spec.backhaul_address(i)),
             root_veth=f"frm-{lab_id}-{i}",
             cloud_veth=f"wan{i}",
             disk=state_dir / "gateways" / gw.name,
@@ -112,11 +110,11 @@ def plan_for(rig: Rig) -> LabPlan:
         lab_id=lab_id,
         state_dir=state_dir,
         bridge=f"frb-{lab_id}",
-        bridge_address=str(mgmt.network_address + 1),
-        mgmt_prefix=mgmt.prefixlen,
+        bridge_address=str(spec.bridge_address),
+        mgmt_prefix=spec.management_subnet.prefixlen,
         cloud_namespace=f"fr-{lab_id}-cloud",
-        cloud_address=str(wan.network_address + 1),
-        wan_prefix=wan.prefixlen,
+        cloud_address=str(spec.cloud_address),
+        wan_prefix=spec.backhaul_subnet.prefixlen,
         gateways=gateways,
     )
 
@@ -305,6 +303,7 @@ class VirtualLab:
         for link in system.link_names():
             if link == plan.bridge or link.startswith(f"frm-{plan.lab_id}-"):
                 system.run(["ip", "link", "del", link], check=False)
+        cgroups.remove(plan.lab_id)
         leftovers = [n for n in system.netns_list() if n.startswith(plan.prefix)]
         if leftovers:
             raise LabError(f"could not remove namespaces {leftovers}; see `ip netns pids`")
@@ -427,9 +426,11 @@ class VirtualLab:
         disk = gw.disk
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege-separation dir
         (disk / "run/sshd.pid").unlink(missing_ok=True)
+        procs = cgroups.create(self.plan.lab_id, gw.name, board.cpu_quota)
         script = "\n".join(
             [
                 "set -e",
+                *self._board_python_mounts(gw),
                 f"mount --bind {disk}/root /root",
                 f"mount --bind {disk}/tmp /tmp",
                 f"mount --bind {disk}/etc/os-release /etc/os-release",
@@ -444,12 +445,32 @@ class VirtualLab:
         )
         argv = ["ip", "netns", "exec", gw.namespace, "unshare", "--mount", "--uts",
                 "--propagation", "private", "/bin/sh", "-c", script]  # fmt: skip
+        if procs is not None:  # join the cgroup first: `ip netns exec` hides /sys/fs/cgroup
+            argv = ["/bin/sh", "-c", f'echo $$ > {procs} && exec "$@"', "sh", *argv]
         proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=30)
         if proc.returncode != 0:
             raise LabError(
                 f"sshd of gateway {gw.name} did not start: {proc.stderr.strip() or proc.stdout}; "
                 f"see {disk}/var/log/sshd.log"
             )
+
+    def _board_python_mounts(self, gw: GatewayPlan) -> list[str]:
+        """Shell lines that make `python3` on the gateway the rig's board_python, the way a
+        board image ships its own interpreter and inference runtime."""
+        python = self.rig.virtual.board_python if self.rig.virtual else None
+        if python is None:
+            return []
+        if not python.exists():
+            raise LabError(
+                f"rig '{self.rig.name}': virtual.board_python {python} does not exist; run "
+                "scripts/setup (it creates the boards' Python with numpy and ai-edge-litert)"
+            )
+        bindir = gw.disk / "usr-local-bin"
+        bindir.mkdir(exist_ok=True)
+        link = bindir / "python3"
+        link.unlink(missing_ok=True)
+        link.symlink_to(python)
+        return [f"mount --bind {bindir} /usr/local/bin"]
 
     def _wait_for_ssh(self, gateways: tuple[GatewayPlan, ...] | list[GatewayPlan]) -> None:
         deadline = time.monotonic() + 15.0

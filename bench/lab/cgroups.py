@@ -1,0 +1,71 @@
+"""CPU quotas for virtual gateways, on cgroup v1 (cpu controller) or v2 (cpu.max).
+
+A board profile says how many of the host's CPUs a gateway of that kind may use, so a
+Pi-class gateway runs slower than a Jetson-class one in kind. All cgroups of a lab live
+under one parent named from the lab id, so teardown finds them without any state file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+from bench.errors import LabError
+
+ROOT = Path("/sys/fs/cgroup")
+PERIOD_US = 10_000  # short periods keep throttling stalls short (at most period - quota)
+
+
+def _flavour() -> str | None:
+    if (ROOT / "cpu" / "cpu.cfs_quota_us").exists():
+        return "v1"
+    controllers = ROOT / "cgroup.controllers"
+    if controllers.exists() and "cpu" in controllers.read_text().split():
+        return "v2"
+    return None
+
+
+def lab_cgroup(lab_id: str) -> Path | None:
+    """The parent cgroup of a lab's gateways, or None where the cpu controller is absent."""
+    flavour = _flavour()
+    if flavour == "v1":
+        return ROOT / "cpu" / f"fieldrig-{lab_id}"
+    if flavour == "v2":
+        return ROOT / f"fieldrig-{lab_id}"
+    return None
+
+
+def create(lab_id: str, gateway: str, cpus: float) -> Path | None:
+    """Create the gateway's cgroup limited to `cpus` CPUs; returns its cgroup.procs file."""
+    parent = lab_cgroup(lab_id)
+    if parent is None:
+        return None
+    quota = max(1000, int(cpus * PERIOD_US))
+    group = parent / gateway
+    try:
+        parent.mkdir(exist_ok=True)
+        if _flavour() == "v2":
+            (ROOT / "cgroup.subtree_control").write_text("+cpu")
+            (parent / "cgroup.subtree_control").write_text("+cpu")
+            group.mkdir(exist_ok=True)
+            (group / "cpu.max").write_text(f"{quota} {PERIOD_US}")
+        else:
+            group.mkdir(exist_ok=True)
+            (group / "cpu.cfs_period_us").write_text(str(PERIOD_US))
+            (group / "cpu.cfs_quota_us").write_text(str(quota))
+    except OSError as exc:
+        raise LabError(f"cannot set the CPU quota of gateway {gateway} in {group}: {exc}") from None
+    return group / "cgroup.procs"
+
+
+def remove(lab_id: str) -> None:
+    """Remove the lab's cgroups (their processes must be gone already)."""
+    parent = lab_cgroup(lab_id)
+    if parent is None or not parent.exists():
+        return
+    for group in parent.iterdir():
+        if group.is_dir():
+            with contextlib.suppress(OSError):
+                group.rmdir()
+    with contextlib.suppress(OSError):
+        parent.rmdir()
