@@ -39,9 +39,16 @@ def _print_status(lab: object) -> bool:
             f"{gw.name:<12} {gw.namespace if gw.namespace_present else '-':<22} "
             f"{gw.address:<15} {sshd:<8} {'answers' if gw.ssh_answers else 'no answer'}"
         )
+    if not status.built_as_planned and status.anything_present:
+        print("built from a different rig file or board profiles: `up` will rebuild it")
     if status.stray_namespaces:
         print(f"stray namespaces (from an older rig file): {', '.join(status.stray_namespaces)}")
-    state = "healthy" if status.healthy else ("partial" if status.anything_present else "down")
+    if status.healthy:
+        state = "healthy"
+    elif not status.anything_present:
+        state = "down"
+    else:
+        state = "outdated" if not status.built_as_planned else "partial"
     print(f"lab '{status.lab_id}': {state}")
     return status.healthy
 

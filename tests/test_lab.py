@@ -174,6 +174,30 @@ def test_up_after_sigkilled_up_cleans_stale_pieces(scratch_lab: tuple[VirtualLab
         gw.close()
 
 
+def test_lab_built_from_another_rig_is_rebuilt(scratch_lab: tuple[VirtualLab, Path]) -> None:
+    lab, _ = scratch_lab
+    assert lab.up() is True
+    assert lab.up() is False
+    (lab.plan.state_dir / "lab.json").write_text('{"digest": "from-an-older-rig"}')
+    status = lab.status()
+    assert not status.healthy and all(g.healthy for g in status.gateways)
+    assert lab.up() is True
+    assert lab.status().healthy
+
+
+def test_gateways_run_the_board_python(lab: VirtualLab, virtual_rig: Rig) -> None:
+    """python3 on a gateway is the rig's board_python, with the inference runtime in it."""
+    assert virtual_rig.virtual is not None and virtual_rig.virtual.board_python is not None
+    gw = ConnectedGateway(virtual_rig.gateway("gw1"))
+    try:
+        probe = "import sys, ai_edge_litert, numpy; print(sys.executable)"
+        assert gw.run(["python3", "-c", probe]).text.strip() == str(
+            virtual_rig.virtual.board_python
+        )
+    finally:
+        gw.close()
+
+
 def test_session_adopts_lab_of_a_killed_session(scratch_lab: tuple[VirtualLab, Path]) -> None:
     """A lab whose owning session died is taken over (and so taken down) by the next one."""
     lab, _ = scratch_lab

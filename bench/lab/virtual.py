@@ -14,6 +14,7 @@ remove whatever a killed run left behind without trusting any state file.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import ipaddress
 import json
 import os
@@ -30,6 +31,9 @@ from bench.boards import BOARDS
 from bench.errors import LabError
 from bench.lab import cgroups, system
 from bench.rig import Rig
+
+# Bump when the way a lab is built changes, so labs built the old way are rebuilt.
+LAB_FORMAT = 2
 
 # Directories each gateway gets its own copy of (bind mounts from its disk).
 PRIVATE_DIRS = (Path("/root"), Path("/tmp"))
@@ -141,11 +145,14 @@ class LabStatus:
     gateways: list[GatewayStatus] = field(default_factory=list)
     stray_namespaces: list[str] = field(default_factory=list)
 
+    built_as_planned: bool = True
+
     @property
     def healthy(self) -> bool:
-        """Everything the rig describes is up and nothing foreign to it is left over."""
+        """Everything the rig describes is up, as it describes it, and nothing else is left."""
         return (
-            self.bridge_present
+            self.built_as_planned
+            and self.bridge_present
             and self.cloud_present
             and bool(self.gateways)
             and all(g.healthy for g in self.gateways)
@@ -186,6 +193,7 @@ class VirtualLab:
         ours = {g.namespace for g in plan.gateways} | {plan.cloud_namespace}
         status = LabStatus(
             lab_id=plan.lab_id,
+            built_as_planned=self._built_digest() == self.digest(),
             bridge_present=plan.bridge in system.link_names(),
             cloud_present=plan.cloud_namespace in namespaces,
             stray_namespaces=sorted(
@@ -205,6 +213,19 @@ class VirtualLab:
                 )
             )
         return status
+
+    def digest(self) -> str:
+        """Identifies what the lab should be; a lab built from another rig is rebuilt."""
+        spec = self.rig.virtual
+        profiles = [BOARDS[gw.board] for gw in self.plan.gateways]
+        text = repr((LAB_FORMAT, self.plan, spec.board_python if spec else None, profiles))
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def _built_digest(self) -> str | None:
+        try:
+            return str(json.loads((self.plan.state_dir / "lab.json").read_text())["digest"])
+        except (OSError, ValueError, KeyError):
+            return None
 
     def _sshd_pid(self, gw: GatewayPlan) -> int | None:
         try:
@@ -264,6 +285,7 @@ class VirtualLab:
         with self._locked():
             self._teardown()
             (self.plan.state_dir / "owner.json").unlink(missing_ok=True)
+            (self.plan.state_dir / "lab.json").unlink(missing_ok=True)
         if purge:
             shutil.rmtree(self.plan.state_dir, ignore_errors=True)
 
@@ -327,6 +349,7 @@ class VirtualLab:
             self._build_gateway(gw)
         self._write_known_hosts()
         self._wait_for_ssh(plan.gateways)
+        (plan.state_dir / "lab.json").write_text(json.dumps({"digest": self.digest()}) + "\n")
 
     def _build_gateway(self, gw: GatewayPlan) -> None:
         plan = self.plan
@@ -406,6 +429,7 @@ class VirtualLab:
                     "MaxSessions 64",
                     "MaxStartups 200:30:400",
                     "Subsystem sftp internal-sftp",
+                    f"SetEnv PATH={self._board_path()}",
                     "",
                 ]
             )
@@ -430,7 +454,6 @@ class VirtualLab:
         script = "\n".join(
             [
                 "set -e",
-                *self._board_python_mounts(gw),
                 f"mount --bind {disk}/root /root",
                 f"mount --bind {disk}/tmp /tmp",
                 f"mount --bind {disk}/etc/os-release /etc/os-release",
@@ -454,23 +477,19 @@ class VirtualLab:
                 f"see {disk}/var/log/sshd.log"
             )
 
-    def _board_python_mounts(self, gw: GatewayPlan) -> list[str]:
-        """Shell lines that make `python3` on the gateway the rig's board_python, the way a
-        board image ships its own interpreter and inference runtime."""
+    def _board_path(self) -> str:
+        """PATH of sessions on the gateways: the rig's board_python first, the way a board
+        image ships its own interpreter and inference runtime."""
+        default = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
         python = self.rig.virtual.board_python if self.rig.virtual else None
         if python is None:
-            return []
+            return default
         if not python.exists():
             raise LabError(
                 f"rig '{self.rig.name}': virtual.board_python {python} does not exist; run "
                 "scripts/setup (it creates the boards' Python with numpy and ai-edge-litert)"
             )
-        bindir = gw.disk / "usr-local-bin"
-        bindir.mkdir(exist_ok=True)
-        link = bindir / "python3"
-        link.unlink(missing_ok=True)
-        link.symlink_to(python)
-        return [f"mount --bind {bindir} /usr/local/bin"]
+        return f"{python.parent}:{default}"
 
     def _wait_for_ssh(self, gateways: tuple[GatewayPlan, ...] | list[GatewayPlan]) -> None:
         deadline = time.monotonic() + 15.0
