@@ -1,0 +1,1 @@
+"""Inference benchmarking: the on-device runner, deployment, manifest, result parsing."""
