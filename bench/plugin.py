@@ -120,9 +120,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     config = session.config
     if _state(config).start_error:
         raise pytest.UsageError(_state(config).start_error)
-    if config.option.collectonly or not any(
-        FIXTURES.intersection(getattr(item, "fixturenames", ())) for item in session.items
-    ):
+    if config.option.collectonly or not any(_uses_bench(item) for item in session.items):
         return
     state = _state(config)
     runs_dir = Path(config.getoption("runs_dir") or config.rootpath / "reports" / "runs")
@@ -161,11 +159,26 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     )
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_benchmark_update_machine_info(
+    config: pytest.Config, machine_info: dict[str, Any]
+) -> None:
+    """pytest-benchmark's machine_info describes the host; add the devices that measured."""
+    bench = _state(config).session
+    if bench is not None:
+        machine_info["fieldrig"] = {
+            "rig": bench.name,
+            "virtual": bench.virtual,
+            "run_id": bench.store.run_id,
+            "devices": bench.inventory,
+        }
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
     bench = _state(item.config).session
-    if bench is None or not FIXTURES.intersection(getattr(item, "fixturenames", ())):
+    if bench is None or not _uses_bench(item):
         return report
     if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
         outcome = report.outcome
@@ -186,6 +199,18 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             message=message,
         )
     return report
+
+
+def _uses_bench(item: pytest.Item) -> bool:
+    """Whether the test uses this plugin's fixtures (not a same-named fixture of its own)."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return False
+    for name in FIXTURES.intersection(info.names_closure):
+        definitions = info.name2fixturedefs.get(name)
+        if definitions and definitions[-1].func.__module__ == __name__:
+            return True
+    return False
 
 
 def _gateway_param(item: pytest.Item) -> str | None:

@@ -255,3 +255,25 @@ def test_radio_port_transcript_is_kept_with_the_run(
     transcript = (only_run_dir(pytester.path) / "serial" / "gw1.log").read_text()
     assert "TX b'SKVER\\r\\n'" in transcript
     assert "EVER 1.2.10" in transcript
+
+
+def test_same_named_fixture_of_a_project_does_not_start_the_bench(
+    pytester: pytest.Pytester,
+) -> None:
+    """A project's own fixture called `rig` must not bring up a lab or open a run."""
+    pytester.makepyfile(
+        test_own="""
+        import pytest
+
+        @pytest.fixture
+        def rig():
+            return "my own rig"
+
+        def test_mine(rig):
+            assert rig == "my own rig"
+        """
+    )
+    result = pytester.runpytest_subprocess()
+    result.assert_outcomes(passed=1)
+    assert not (pytester.path / "reports").exists()
+    assert "fieldrig run" not in result.stdout.str()
