@@ -263,6 +263,21 @@ def test_board_profiles_set_cpu_quotas(lab: VirtualLab, virtual_rig: Rig) -> Non
         assert after > before  # a busy loop on half a CPU gets throttled
     finally:
         gw.close()
+    before_ns = cgroups.cpu_usage_ns(lab.plan.lab_id, "gw3")
+    assert before_ns is not None
+    gw = ConnectedGateway(virtual_rig.gateway("gw3"))
+    try:
+        gw.run(
+            [
+                "python3",
+                "-c",
+                "import time\nt=time.process_time()\nwhile time.process_time()-t<0.3: pass",
+            ]
+        )
+    finally:
+        gw.close()
+    used_ns = (cgroups.cpu_usage_ns(lab.plan.lab_id, "gw3") or 0) - before_ns
+    assert used_ns >= 0.3e9  # the gateway's CPU time is accounted (the power model reads it)
     quota_file = parent / "gw2" / "cpu.cfs_quota_us"
     if quota_file.exists():
         quota = int(quota_file.read_text())

@@ -35,11 +35,50 @@ def lab_cgroup(lab_id: str) -> Path | None:
     return None
 
 
+def _accounting_parent(lab_id: str) -> Path | None:
+    """Where CPU time is counted: cpuacct on v1 (a hierarchy of its own here), else the same
+    cgroup as the quota."""
+    if _flavour() == "v1":
+        cpuacct = ROOT / "cpuacct"
+        return cpuacct / f"fieldrig-{lab_id}" if (cpuacct / "cpuacct.usage").exists() else None
+    return lab_cgroup(lab_id)
+
+
+def procs_files(lab_id: str, gateway: str) -> list[Path]:
+    """Every cgroup.procs a gateway's first process must join (quota and accounting)."""
+    files = []
+    for parent in (lab_cgroup(lab_id), _accounting_parent(lab_id)):
+        if parent is not None and (parent / gateway / "cgroup.procs") not in files:
+            files.append(parent / gateway / "cgroup.procs")
+    return [f for f in files if f.parent.exists()]
+
+
+def cpu_usage_ns(lab_id: str, gateway: str) -> int | None:
+    """CPU time all processes of the gateway have used so far (ns), or None if unknown."""
+    parent = _accounting_parent(lab_id)
+    if parent is None:
+        return None
+    try:
+        if _flavour() == "v1":
+            return int((parent / gateway / "cpuacct.usage").read_text())
+        for line in (parent / gateway / "cpu.stat").read_text().splitlines():
+            if line.startswith("usage_usec"):
+                return int(line.split()[1]) * 1000
+    except (OSError, ValueError):
+        return None
+    return None
+
+
 def create(lab_id: str, gateway: str, cpus: float) -> Path | None:
-    """Create the gateway's cgroup limited to `cpus` CPUs; returns its cgroup.procs file."""
+    """Create the gateway's cgroup limited to `cpus` CPUs (and its CPU-time accounting);
+    returns its cgroup.procs file."""
     parent = lab_cgroup(lab_id)
     if parent is None:
         return None
+    accounting = _accounting_parent(lab_id)
+    if accounting is not None and accounting != parent:
+        with contextlib.suppress(OSError):
+            (accounting / gateway).mkdir(parents=True, exist_ok=True)
     quota = max(1000, int(cpus * PERIOD_US))
     group = parent / gateway
     try:
@@ -60,12 +99,12 @@ def create(lab_id: str, gateway: str, cpus: float) -> Path | None:
 
 def remove(lab_id: str) -> None:
     """Remove the lab's cgroups (their processes must be gone already)."""
-    parent = lab_cgroup(lab_id)
-    if parent is None or not parent.exists():
-        return
-    for group in parent.iterdir():
-        if group.is_dir():
-            with contextlib.suppress(OSError):
-                group.rmdir()
-    with contextlib.suppress(OSError):
-        parent.rmdir()
+    for parent in (lab_cgroup(lab_id), _accounting_parent(lab_id)):
+        if parent is None or not parent.exists():
+            continue
+        for group in parent.iterdir():
+            if group.is_dir():
+                with contextlib.suppress(OSError):
+                    group.rmdir()
+        with contextlib.suppress(OSError):
+            parent.rmdir()

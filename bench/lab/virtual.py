@@ -33,7 +33,7 @@ from bench.lab import cgroups, system
 from bench.rig import Rig
 
 # Bump when the way a lab is built changes, so labs built the old way are rebuilt.
-LAB_FORMAT = 2
+LAB_FORMAT = 3
 
 # Directories each gateway gets its own copy of (bind mounts from its disk).
 PRIVATE_DIRS = (Path("/root"), Path("/tmp"))
@@ -468,8 +468,10 @@ class VirtualLab:
         )
         argv = ["ip", "netns", "exec", gw.namespace, "unshare", "--mount", "--uts",
                 "--propagation", "private", "/bin/sh", "-c", script]  # fmt: skip
-        if procs is not None:  # join the cgroup first: `ip netns exec` hides /sys/fs/cgroup
-            argv = ["/bin/sh", "-c", f'echo $$ > {procs} && exec "$@"', "sh", *argv]
+        joins = cgroups.procs_files(self.plan.lab_id, gw.name) if procs is not None else []
+        if joins:  # join the cgroups first: `ip netns exec` hides /sys/fs/cgroup
+            join = " && ".join(f"echo $$ > {f}" for f in joins)
+            argv = ["/bin/sh", "-c", f'{join} && exec "$@"', "sh", *argv]
         proc = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=30)
         if proc.returncode != 0:
             raise LabError(
