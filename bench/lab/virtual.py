@@ -13,6 +13,7 @@ remove whatever a killed run left behind without trusting any state file.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import ipaddress
@@ -21,6 +22,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,7 +35,7 @@ from bench.lab import cgroups, system
 from bench.rig import Rig
 
 # Bump when the way a lab is built changes, so labs built the old way are rebuilt.
-LAB_FORMAT = 3
+LAB_FORMAT = 4
 
 # Directories each gateway gets its own copy of (bind mounts from its disk).
 PRIVATE_DIRS = (Path("/root"), Path("/tmp"))
@@ -131,9 +133,13 @@ class GatewayStatus:
     namespace_present: bool
     sshd_pid: int | None
     ssh_answers: bool
+    power: str = "on"  # "off" or "booting" while the virtual supply has it down
 
     @property
     def healthy(self) -> bool:
+        """Up and answering, or deliberately powered down by the bench supply."""
+        if self.power != "on":
+            return self.namespace_present
         return self.namespace_present and self.sshd_pid is not None and self.ssh_answers
 
 
@@ -144,14 +150,16 @@ class LabStatus:
     cloud_present: bool
     gateways: list[GatewayStatus] = field(default_factory=list)
     stray_namespaces: list[str] = field(default_factory=list)
-
     built_as_planned: bool = True
+    supply: str | None = None  # the virtual supply's resource, when the rig has one
+    supply_running: bool = True
 
     @property
     def healthy(self) -> bool:
         """Everything the rig describes is up, as it describes it, and nothing else is left."""
         return (
             self.built_as_planned
+            and self.supply_running
             and self.bridge_present
             and self.cloud_present
             and bool(self.gateways)
@@ -210,8 +218,13 @@ class VirtualLab:
                     namespace_present=present,
                     sshd_pid=self._sshd_pid(gw) if present else None,
                     ssh_answers=present and ssh_banner(gw.mgmt_address),
+                    power=self._power_state(gw.name),
                 )
             )
+        supply = power_supply_of(self.rig)
+        if supply is not None:
+            status.supply = f"TCPIP::127.0.0.1::{supply[1]}::SOCKET"
+            status.supply_running = self._supply_pid() is not None
         return status
 
     def digest(self) -> str:
@@ -302,6 +315,77 @@ class VirtualLab:
         self._start_sshd(gw)
         self._wait_for_ssh([gw])
 
+    # ------------------------------------------------------------------ power
+    def power_off(self, gateway: str) -> None:
+        """Cut a gateway's power: every process in it dies, its disk stays."""
+        gw = self._gateway(gateway)
+        self._set_power_state(gateway, "off")
+        system.kill_all(system.netns_pids(gw.namespace), grace_s=0.0)
+
+    def power_on(self, gateway: str) -> None:
+        """Boot a gateway (its sshd starts); the supply calls this after the boot delay."""
+        gw = self._gateway(gateway)
+        self._set_power_state(gateway, "booting")
+        self._start_sshd(gw)
+        self._wait_for_ssh([gw])
+        self._set_power_state(gateway, "on")
+
+    def _power_file(self, gateway: str) -> Path:
+        return self.plan.state_dir / "power" / gateway
+
+    def _power_state(self, gateway: str) -> str:
+        try:
+            return self._power_file(gateway).read_text().strip() or "on"
+        except OSError:
+            return "on"
+
+    def _set_power_state(self, gateway: str, state: str) -> None:
+        path = self._power_file(gateway)
+        if state == "on":
+            path.unlink(missing_ok=True)
+        else:
+            path.parent.mkdir(exist_ok=True)
+            path.write_text(state + "\n")
+
+    def _supply_pid(self) -> int | None:
+        try:
+            pid = int((self.plan.state_dir / "supply.pid").read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return None
+        return pid if b"bench.lab.power" in cmdline and system.pid_alive(pid) else None
+
+    def _start_supply(self) -> None:
+        supply = power_supply_of(self.rig)
+        if supply is None:
+            return
+        port = supply[1]
+        if self.rig.source_path is None:
+            raise LabError(f"rig '{self.rig.name}': a virtual supply needs the rig as a file")
+        with open(self.plan.state_dir / "supply.log", "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "bench.lab.power", "--rig", str(self.rig.source_path)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+            )  # fmt: skip
+        (self.plan.state_dir / "supply.pid").write_text(f"{proc.pid}\n")
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise LabError(
+                    f"the virtual supply exited ({proc.returncode}); see "
+                    f"{self.plan.state_dir / 'supply.log'}"
+                )
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                return
+            time.sleep(0.05)
+        raise LabError(f"the virtual supply did not listen on 127.0.0.1:{port} within 15 s")
+
+    def _stop_supply(self) -> None:
+        pid = self._supply_pid()
+        if pid is not None:
+            system.kill_all([pid])
+        (self.plan.state_dir / "supply.pid").unlink(missing_ok=True)
+
     def _gateway(self, name: str) -> GatewayPlan:
         for gw in self.plan.gateways:
             if gw.name == name:
@@ -317,6 +401,8 @@ class VirtualLab:
 
     def _teardown(self) -> None:
         plan = self.plan
+        self._stop_supply()
+        shutil.rmtree(plan.state_dir / "power", ignore_errors=True)
         namespaces = [n for n in system.netns_list() if n.startswith(plan.prefix)]
         for ns in namespaces:
             system.kill_all(system.netns_pids(ns))
@@ -349,6 +435,7 @@ class VirtualLab:
             self._build_gateway(gw)
         self._write_known_hosts()
         self._wait_for_ssh(plan.gateways)
+        self._start_supply()
         (plan.state_dir / "lab.json").write_text(json.dumps({"digest": self.digest()}) + "\n")
 
     def _build_gateway(self, gw: GatewayPlan) -> None:
@@ -503,6 +590,15 @@ class VirtualLab:
         if pending:
             names = ", ".join(gw.name for gw in pending)
             raise LabError(f"sshd of {names} did not answer within 15 s; see var/log/sshd.log")
+
+
+def power_supply_of(rig: Rig) -> tuple[str, int] | None:
+    """(instrument name, port) of the PSU the rig expects on 127.0.0.1 (the virtual supply)."""
+    for name, instrument in rig.instruments.items():
+        parts = instrument.resource.split("::")
+        if instrument.is_psu and len(parts) >= 3 and parts[1] in ("127.0.0.1", "localhost"):
+            return name, int(parts[2])
+    return None
 
 
 def _is_sshd(pid: int) -> bool:
