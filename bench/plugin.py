@@ -15,11 +15,13 @@ import pytest
 
 from bench.errors import BenchError
 from bench.gateway import ConnectedGateway
+from bench.instruments.meter import SupplyChannelMeter
+from bench.instruments.psu import PowerSupply
 from bench.results import RunStore
 from bench.rig import Rig, load_rig
 from bench.session import BenchSession
 
-FIXTURES = frozenset({"rig", "gateway", "gateways", "results"})
+FIXTURES = frozenset({"rig", "gateway", "gateways", "results", "gateway_power"})
 STATE_KEY = pytest.StashKey["PluginState"]()
 
 
@@ -266,6 +268,17 @@ def gateway(request: pytest.FixtureRequest, rig: BenchSession) -> ConnectedGatew
 def gateways(rig: BenchSession) -> list[ConnectedGateway]:
     """All selected, healthy gateways."""
     return rig.healthy
+
+
+@pytest.fixture
+def gateway_power(
+    gateway: ConnectedGateway, rig: BenchSession
+) -> tuple[PowerSupply, int, SupplyChannelMeter]:
+    """(supply, channel, meter) powering this test's gateway; skipped where there is none."""
+    try:
+        return rig.power(gateway.name)
+    except BenchError as exc:
+        pytest.skip(str(exc))
 
 
 class Recorder:

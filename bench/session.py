@@ -11,6 +11,9 @@ from typing import Any
 from bench.errors import BenchError
 from bench.fleet.inventory import collect_inventory
 from bench.gateway import ConnectedGateway
+from bench.instruments.meter import SupplyChannelMeter
+from bench.instruments.psu import PowerSupply, SafeExitGuard, safe_on_exit
+from bench.instruments.registry import open_supply
 from bench.lab.virtual import VirtualLab
 from bench.results import RunStore
 from bench.rig import Rig
@@ -30,6 +33,8 @@ class BenchSession:
     owns_lab: bool = False
     unavailable: dict[str, str] = field(default_factory=dict)
     inventory: dict[str, dict[str, Any]] = field(default_factory=dict)
+    supplies: dict[str, PowerSupply] = field(default_factory=dict)
+    _guards: dict[str, SafeExitGuard] = field(default_factory=dict)
     _ports: list[SerialPort] = field(default_factory=list)
 
     @property
@@ -92,8 +97,44 @@ class BenchSession:
         )
         gateways = {name: ConnectedGateway(spec.gateway(name)) for name in selected}
         session = cls(spec=spec, store=store, gateways=gateways, lab=lab, owns_lab=owns)
+        session.power_up(say)
         session.check_health(say)
         return session
+
+    def power_up(self, say: Callable[[str], None]) -> None:
+        """Open every supply, clear what a crashed run left (trips, stray outputs), and power
+        the selected gateways at the rig's set-points with protections configured."""
+        wired = {
+            (gw.power.instrument, gw.power.channel)
+            for name in self.gateways
+            if (gw := self.spec.gateway(name)).power is not None
+        }
+        for name, instrument in self.spec.instruments.items():
+            if not instrument.is_psu:
+                continue
+            try:
+                psu = open_supply(name, instrument)
+                self._guards[name] = safe_on_exit(psu)
+                psu.safe_state()
+                for channel in instrument.channels:
+                    if (name, channel) in wired:
+                        psu.output(channel, True)
+            except BenchError as exc:
+                self.store.record_event(gateway=None, kind="instrument_failed", message=str(exc))
+                say(f"fieldrig: INFRASTRUCTURE ERROR supply {name} unavailable: {exc}")
+                continue
+            self.supplies[name] = psu
+
+    def power(self, gateway: str) -> tuple[PowerSupply, int, SupplyChannelMeter]:
+        """The supply and channel that power a gateway, and a meter on that channel."""
+        link = self.spec.gateway(gateway).power
+        if link is None:
+            raise BenchError(f"gateway {gateway} has no power channel in rig '{self.spec.name}'")
+        psu = self.supplies.get(link.instrument)
+        if psu is None:
+            raise BenchError(f"supply {link.instrument} of gateway {gateway} is unavailable")
+        meter = SupplyChannelMeter(psu, link.channel, f"{link.instrument} ch{link.channel}")
+        return psu, link.channel, meter
 
     def check_health(self, say: Callable[[str], None]) -> None:
         """Connect to every gateway in parallel and take its inventory; failures are reported
@@ -124,6 +165,11 @@ class BenchSession:
             port.close()
         for gw in self.gateways.values():
             gw.close()
+        for name, psu in self.supplies.items():
+            psu.close()  # the rig's declared safe state
+            self._guards.pop(name).remove()
+        for guard in self._guards.values():  # supplies that failed while being set up
+            guard.remove()
         for warning in self.store.finish(status):
             say(f"fieldrig: {warning}")
         if self.lab is not None and self.owns_lab and not keep_lab:

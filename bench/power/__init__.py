@@ -1,0 +1,1 @@
+"""Power and energy: sampling meters during a measurement, integrating energy per inference."""
