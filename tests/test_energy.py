@@ -8,7 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from bench.instruments.meter import SupplyChannelMeter
+from bench.gateway import ConnectedGateway
+from bench.instruments.meter import Ina3221Meter, SupplyChannelMeter
 from bench.instruments.psu import open_psu
 from bench.lab.scpi_server import ResistiveLoad, ScpiPsuServer
 from bench.power.energy import MIN_SAMPLES_PER_WINDOW, integrate_joules, window_energies
@@ -88,3 +89,17 @@ def test_sampler_reads_a_real_supply_over_pyvisa() -> None:
     assert len(trace.watts) >= 20 and trace.rate_hz > 20
     assert np.mean(trace.watts) == pytest.approx(5.0 * 5.0 / 10.0, rel=0.01)  # V^2 / R
     assert list(trace.times_ns) == sorted(trace.times_ns)
+
+
+def test_ina3221_meter_reads_hwmon_over_ssh(gw1: ConnectedGateway) -> None:
+    """The reader parses the hwmon files a Jetson's INA3221 driver publishes (mV and mA);
+    the virtual board has no INA3221, so the test stages the two files on the gateway."""
+    hwmon = "/tmp/fieldrig-test-hwmon"
+    gw1.run(["mkdir", "-p", hwmon])
+    gw1.run(["sh", "-c", f"echo 19040 > {hwmon}/in1_input; echo 316 > {hwmon}/curr1_input"])
+    meter = Ina3221Meter(gw1, hwmon, rail=1)
+    before = time.time_ns()
+    at, watts = meter.read()
+    assert before <= at <= time.time_ns()
+    assert watts == pytest.approx(19.04 * 0.316)
+    assert meter.name == "gw1 INA3221 rail 1"
