@@ -15,10 +15,12 @@ from typing import Any
 import pytest
 
 from bench.lab.virtual import VirtualLab
-from bench.rig import Rig, load_rig
+from bench.rig import load_rig
+from tests.conftest import lab, virtual_rig
 
 MEDIANS: dict[str, float] = {}
 RIGS_DIR = Path(__file__).parent / "rigs"
+__all__ = ["lab", "virtual_rig"]  # the virtual lab fixtures of the project's tests
 
 
 def remember(name: str, benchmark: Any) -> float:
@@ -37,20 +39,6 @@ def interleaved_medians(calls: dict[str, Callable[[], object]], rounds: int) -> 
             call()
             samples[name].append(time.perf_counter() - start)
     return {name: statistics.median(values) for name, values in samples.items()}
-
-
-@pytest.fixture(scope="session")
-def virtual_rig() -> Rig:
-    return load_rig("virtual")
-
-
-@pytest.fixture(scope="session")
-def lab(virtual_rig: Rig) -> Iterator[VirtualLab]:
-    lab = VirtualLab(virtual_rig)
-    owns = lab.acquire()
-    yield lab
-    if owns:
-        lab.down()
 
 
 @pytest.fixture(scope="session")

@@ -21,29 +21,15 @@ from bench.instruments.psu import ScpiPsu, open_psu
 from bench.lab.scpi_server import ResistiveLoad, ScpiPsuServer
 from bench.power.energy import integrate_joules
 from bench.power.sampler import Sampler
-from bench.rig import parse_rig
+from tests.helpers import supply_rig
 
-RIG = """
-name: bench
-gateways:
-  - name: a
-    board: rpi4
-    ssh: {{host: 192.0.2.1, auth: {{agent: true}}, host_key: {{tofu: /tmp/kh}}}}
-    power: {{instrument: psu, channel: 1}}
-instruments:
-  psu:
-    driver: keysight-e36300
-    resource: TCPIP::127.0.0.1::{port}::SOCKET
-    channels:
-      1: {{max_voltage: 6.0, max_current: 3.0, voltage: 5.0, current_limit: 2.0}}
-"""
 SECONDS = 1.0
 
 
 @pytest.fixture(scope="module")
 def psu() -> Iterator[ScpiPsu]:
     with ScpiPsuServer(backend=ResistiveLoad(10.0)) as server:
-        rig = parse_rig(RIG.format(port=server.port), "bench.yaml")
+        rig = supply_rig(server.port)
         supply = open_psu("psu", rig.instruments["psu"])
         supply.output(1, True)
         yield supply

@@ -14,7 +14,7 @@ from bench.instruments.psu import open_psu
 from bench.lab.scpi_server import ResistiveLoad, ScpiPsuServer
 from bench.power.energy import MIN_SAMPLES_PER_WINDOW, integrate_joules, window_energies
 from bench.power.sampler import Sampler, Trace
-from bench.rig import parse_rig
+from tests.helpers import supply_rig
 
 
 def test_constant_power_integrates_exactly() -> None:
@@ -59,25 +59,9 @@ def test_window_energies_align_with_the_clock_offset() -> None:
     assert not few.trusted  # flagged: too few samples to be trusted
 
 
-RIG = """
-name: bench
-gateways:
-  - name: a
-    board: rpi4
-    ssh: {{host: 192.0.2.1, auth: {{agent: true}}, host_key: {{tofu: /tmp/kh}}}}
-    power: {{instrument: psu, channel: 1}}
-instruments:
-  psu:
-    driver: keysight-e36300
-    resource: TCPIP::127.0.0.1::{port}::SOCKET
-    channels:
-      1: {{max_voltage: 6.0, max_current: 3.0, voltage: 5.0, current_limit: 2.0}}
-"""
-
-
 def test_sampler_reads_a_real_supply_over_pyvisa() -> None:
     with ScpiPsuServer(backend=ResistiveLoad(10.0, noise_a=0.0)) as server:
-        rig = parse_rig(RIG.format(port=server.port), "bench.yaml")
+        rig = supply_rig(server.port)
         psu = open_psu("psu", rig.instruments["psu"])
         try:
             psu.output(1, True)
