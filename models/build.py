@@ -24,7 +24,9 @@ import io
 import os
 import sys
 import tempfile
+import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +48,11 @@ import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
 MODELS_DIR = Path(__file__).resolve().parent
+# The committed bytes come from exactly these versions (models/requirements.txt has them all).
+PINS = {"tensorflow-cpu": "2.21.0", "keras": "3.15.1", "numpy": "2.4.6", "ai-edge-litert": "2.3.0"}
 SEED = 20240311
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+Details = dict[str, Any]  # one entry of Interpreter.get_input_details()
 
 # ---------------------------------------------------------------------------------------------
 # meter_anomaly: synthetic smart-meter voltage windows
@@ -77,28 +82,29 @@ def meter_normal(rng: np.random.Generator, n: int) -> np.ndarray:
     start = rng.uniform(0.0, 24.0, (n, 1))
     t = (start + INTERVAL_H * np.arange(WINDOW)) % 24.0
     offset = np.clip(rng.normal(0.0, 2.5, (n, 1)), -6.0, 6.0)
-    evening = rng.uniform(2.0, 7.0, (n, 1))
-    morning = rng.uniform(0.5, 3.0, (n, 1))
-    pv = rng.uniform(0.0, 6.0, (n, 1)) * (rng.random((n, 1)) < 0.5)
+    daily = rng.uniform(1.5, 4.0, (n, 1))  # highest in the small hours, lowest in the evening
+    evening = rng.uniform(4.0, 9.0, (n, 1))
+    morning = rng.uniform(1.5, 4.0, (n, 1))
+    pv = rng.uniform(0.0, 8.0, (n, 1)) * (rng.random((n, 1)) < 0.6)
     v = (
         V_NOM
-        + 2.0
         + offset
-        - evening * _bump(t, rng.normal(19.5, 0.7, (n, 1)), 2.0)
+        + daily * np.cos(2 * np.pi * (t - 3.5) / 24.0)
+        - evening * _bump(t, rng.normal(19.5, 0.7, (n, 1)), rng.uniform(1.5, 2.5, (n, 1)))
         - morning * _bump(t, rng.normal(7.5, 0.5, (n, 1)), 1.2)
         + pv * _bump(t, rng.normal(13.0, 0.5, (n, 1)), 2.2)
     )
     k = np.arange(WINDOW)
     for _ in range(3):  # slow load wander
         period = rng.uniform(8.0, 32.0, (n, 1))  # in samples: 2 to 8 hours
-        v += rng.uniform(0.0, 0.4, (n, 1)) * np.sin(
+        v += rng.uniform(0.0, 0.3, (n, 1)) * np.sin(
             2 * np.pi * k / period + rng.uniform(0, 2 * np.pi, (n, 1))
         )
     tap = rng.random(n) < 0.3  # on-load tap changer step
     at = rng.integers(4, WINDOW - 4, n)
     step = rng.uniform(1.5, 3.0, n) * rng.choice([-1.0, 1.0], n)
     v += np.where(tap[:, None] & (k >= at[:, None]), step[:, None], 0.0)
-    v += rng.normal(0.0, 1.0, (n, WINDOW)) * rng.uniform(0.2, 0.8, (n, 1))
+    v += rng.normal(0.0, 1.0, (n, WINDOW)) * rng.uniform(0.2, 0.6, (n, 1))
     return np.round(v, 1)
 
 
@@ -111,11 +117,11 @@ def meter_anomalous(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.nd
         if kind in ("sag", "swell"):  # sustained under/overvoltage, 30 min to 2 h
             length = int(rng.integers(2, 9))
             s = int(rng.integers(0, WINDOW - length + 1))
-            depth = rng.uniform(0.07, 0.30) if kind == "sag" else rng.uniform(0.06, 0.15)
+            depth = rng.uniform(0.04, 0.25) if kind == "sag" else rng.uniform(0.04, 0.12)
             v[i, s : s + length] *= 1.0 - depth if kind == "sag" else 1.0 + depth
         elif kind == "spike":  # one or two single-interval transients
             for s in rng.choice(WINDOW, int(rng.integers(1, 3)), replace=False):
-                v[i, s] *= 1.0 + rng.choice([-1.0, 1.0]) * rng.uniform(0.04, 0.15)
+                v[i, s] *= 1.0 + rng.choice([-1.0, 1.0]) * rng.uniform(0.025, 0.10)
         else:  # stuck meter: repeats one reading for 4 hours or more
             s = int(rng.integers(0, WINDOW - 16))
             length = int(rng.integers(16, WINDOW - s + 1))
@@ -133,7 +139,7 @@ def meter_normalise(v: np.ndarray) -> np.ndarray:
 
 CAM_CLASSES = ("normal", "smoke", "arc_flash", "intruder")
 H = W = 96
-_YY, _XX = np.mgrid[0:H, 0:W].astype(np.float64)
+_ys, _xs = np.mgrid[0:H, 0:W].astype(np.float32)
 
 
 def _smooth_noise(rng: np.random.Generator, cells: int) -> np.ndarray:
@@ -147,7 +153,7 @@ def _smooth_noise(rng: np.random.Generator, cells: int) -> np.ndarray:
 
 
 def _blob(cx: float, cy: float, sx: float, sy: float) -> np.ndarray:
-    return np.exp(-0.5 * (((_XX - cx) / sx) ** 2 + ((_YY - cy) / sy) ** 2))
+    return np.exp(-0.5 * (((_xs - cx) / sx) ** 2 + ((_ys - cy) / sy) ** 2))
 
 
 def _scene(rng: np.random.Generator) -> tuple[np.ndarray, bool, float]:
@@ -156,18 +162,23 @@ def _scene(rng: np.random.Generator) -> tuple[np.ndarray, bool, float]:
     sky = rng.uniform(25, 60) if night else rng.uniform(110, 200)
     ground = sky * rng.uniform(0.5, 0.9)
     horizon = rng.uniform(45, 70)
-    img = np.where(_YY < horizon, sky - (horizon - _YY) * rng.uniform(-0.4, 0.6), ground)
+    img = np.where(_ys < horizon, sky - (horizon - _ys) * rng.uniform(-0.4, 0.6), ground)
     img = img + _smooth_noise(rng, 4) * rng.uniform(3, 12)
     struct = sky * (rng.uniform(1.2, 1.8) if night else rng.uniform(0.2, 0.6))
     for _ in range(int(rng.integers(1, 5))):  # poles
         x0, w, top = rng.uniform(4, 92), rng.uniform(1.0, 3.0), rng.uniform(5, 40)
-        img = np.where((np.abs(_XX - x0) < w / 2) & (_YY > top), struct, img)
+        img = np.where((np.abs(_xs - x0) < w / 2) & (_ys > top), struct, img)
     for _ in range(int(rng.integers(0, 4))):  # overhead lines
         y0, sag = rng.uniform(8, 45), rng.uniform(0, 6)
-        img = np.where(np.abs(_YY - (y0 + sag * ((_XX - 48) / 48) ** 2)) < 0.6, struct, img)
+        img = np.where(np.abs(_ys - (y0 + sag * ((_xs - 48) / 48) ** 2)) < 0.6, struct, img)
     if rng.random() < 0.7:  # transformer
-        x0, y0, w, h = rng.uniform(5, 60), rng.uniform(60, 80), rng.uniform(15, 30), rng.uniform(10, 18)
-        box = (_XX > x0) & (_XX < x0 + w) & (_YY > y0) & (_YY < y0 + h)
+        x0, y0, w, h = (
+            rng.uniform(5, 60),
+            rng.uniform(60, 80),
+            rng.uniform(15, 30),
+            rng.uniform(10, 18),
+        )
+        box = (_xs > x0) & (_xs < x0 + w) & (_ys > y0) & (_ys < y0 + h)
         img = np.where(box, ground * rng.uniform(0.4, 1.4), img)
     return img, night, sky
 
@@ -178,7 +189,9 @@ def cam_render(rng: np.random.Generator, label: int) -> np.ndarray:
     if label == 0 and rng.random() < 0.35:  # distractors that resemble the events
         if rng.random() < 0.5:  # a lamp or sun glint: bright, but no flash glow
             sx, sy = rng.uniform(1.5, 4, 2)
-            img = img + rng.uniform(30, 90) * _blob(rng.uniform(10, 86), rng.uniform(10, 60), sx, sy)
+            img = img + rng.uniform(30, 90) * _blob(
+                rng.uniform(10, 86), rng.uniform(10, 60), sx, sy
+            )
         else:  # haze
             img = img * 0.8 + 0.2 * rng.uniform(100, 200) + _smooth_noise(rng, 3) * 6
     elif label == 1:  # smoke: a textured plume rising and drifting, blending towards grey
@@ -188,8 +201,9 @@ def cam_render(rng: np.random.Generator, label: int) -> np.ndarray:
         for k in range(int(rng.integers(3, 7))):
             r = rng.uniform(5, 10) + 3 * k
             alpha += _blob(cx + 6 * drift * k, cy - 8 * k, r, r * rng.uniform(0.7, 1.2))
-        alpha = np.clip(alpha * (1 + 0.35 * _smooth_noise(rng, 8)), 0, 1) * rng.uniform(0.25, 0.7)
-        img = img * (1 - alpha) + rng.uniform(90, 200) * alpha
+        alpha = np.clip(alpha * (1 + 0.35 * _smooth_noise(rng, 8)), 0, 1) * rng.uniform(0.45, 0.85)
+        grey = np.clip(sky + rng.choice([-1.0, 1.0]) * rng.uniform(55, 100), 60, 230)
+        img = img * (1 - alpha) + grey * alpha
     elif label == 2:  # arc flash: a (near) saturated core, a wide glow, the scene brightens
         cx, cy = rng.uniform(10, 86), rng.uniform(15, 80)
         peak = rng.uniform(60, 255)
@@ -197,17 +211,19 @@ def cam_render(rng: np.random.Generator, label: int) -> np.ndarray:
         img = img + peak * _blob(cx, cy, *core) + 0.5 * peak * _blob(cx, cy, *glow)
         img = img + rng.uniform(0, 40)
     elif label == 3:  # intruder: a person's silhouette, dark by day, bright on IR at night
-        hgt, cx, foot = rng.uniform(16, 40), rng.uniform(8, 88), rng.uniform(55, 94)
+        hgt, cx, foot = rng.uniform(18, 42), rng.uniform(8, 88), rng.uniform(55, 94)
         top, wd = foot - hgt, hgt * rng.uniform(0.22, 0.32)
-        head = (_XX - cx) ** 2 + (_YY - top - 0.09 * hgt) ** 2 < (0.09 * hgt) ** 2
-        body = (np.abs(_XX - cx) < wd / 2) & (_YY > top + 0.17 * hgt) & (_YY < top + 0.6 * hgt)
+        head = (_xs - cx) ** 2 + (_ys - top - 0.09 * hgt) ** 2 < (0.09 * hgt) ** 2
+        body = (np.abs(_xs - cx) < wd / 2) & (_ys > top + 0.17 * hgt) & (_ys < top + 0.6 * hgt)
         legs = (
-            (np.abs(np.abs(_XX - cx) - 0.22 * wd) < 0.18 * wd)
-            & (_YY >= top + 0.6 * hgt)
-            & (_YY < foot)
+            (np.abs(np.abs(_xs - cx) - 0.22 * wd) < 0.18 * wd)
+            & (_ys >= top + 0.6 * hgt)
+            & (_ys < foot)
         )
-        shade = rng.uniform(1.3, 2.2) if night else rng.uniform(0.15, 0.7)
-        img = np.where(head | body | legs, sky * shade, img)
+        person = head | body | legs
+        around = img[person].mean()
+        contrast = rng.uniform(35, 90) * (1.0 if night else -1.0)
+        img = np.where(person, np.clip(around + contrast, 5, 250), img)
     img = img + rng.standard_normal(img.shape) * rng.uniform(0.8, 2.5)  # sensor noise
     return np.clip(np.round(img), 0, 255)
 
@@ -225,35 +241,38 @@ def cam_dataset(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarra
 # ---------------------------------------------------------------------------------------------
 
 
-def make_data() -> dict[str, dict[str, Any]]:
-    """All data for both models from one seeded Generator per model, in a fixed order."""
-    rng = np.random.default_rng([SEED, 1])
-    m_train = meter_normalise(meter_normal(rng, 8000))
-    m_norm = meter_normal(rng, 150)
-    m_anom, m_kinds = meter_anomalous(rng, 150)
-    order = rng.permutation(300)
-    m_x = meter_normalise(np.concatenate([m_norm, m_anom]))[order]
-    m_y = np.concatenate([np.zeros(150), np.ones(150)]).astype(np.int64)[order]
-    m_kind = np.concatenate([np.full(150, -1), m_kinds])[order]
+CAM_EPOCHS = 14
+CAM_PER_EPOCH = 2400
 
-    rng = np.random.default_rng([SEED, 2])
-    c_train_x, c_train_y = cam_dataset(rng, 2400)
-    c_x, c_y = cam_dataset(rng, 200)
+
+def meter_data() -> dict[str, np.ndarray]:
+    """Training windows (normal only), and the eval set: 150 normal, 150 anomalous, shuffled."""
+    rng = np.random.default_rng([SEED, 1])
+    train = meter_normalise(meter_normal(rng, 8000))
+    normal = meter_normal(rng, 150)
+    anomalous, kinds = meter_anomalous(rng, 150)
+    order = rng.permutation(300)
     return {
-        "meter_anomaly": {
-            "train": m_train,
-            "rep": m_train[:256],
-            "x": m_x,
-            "y": m_y,
-            "kind": m_kind,
-        },
-        "substation_cam": {
-            "train": (c_train_x, c_train_y),
-            "rep": c_train_x[:200],
-            "x": c_x,
-            "y": c_y,
-        },
+        "train": train,
+        "rep": train[:256],
+        "x": meter_normalise(np.concatenate([normal, anomalous]))[order],
+        "y": np.concatenate([np.zeros(150), np.ones(150)]).astype(np.int64)[order],
+        "kind": np.concatenate([np.full(150, -1), kinds])[order],
     }
+
+
+def cam_data() -> dict[str, np.ndarray]:
+    """Eval set (200 frames, 50 per class) and the int8 calibration frames.
+
+    Training frames are fresh every epoch (cam_epoch), so the CNN never sees a frame twice.
+    """
+    x, y = cam_dataset(np.random.default_rng([SEED, 2, 1]), 200)
+    rep, _ = cam_dataset(np.random.default_rng([SEED, 2, 2]), 200)
+    return {"x": x, "y": y, "rep": rep}
+
+
+def cam_epoch(epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    return cam_dataset(np.random.default_rng([SEED, 2, 100 + epoch]), CAM_PER_EPOCH)
 
 
 def _tf():  # type: ignore[no-untyped-def]
@@ -268,26 +287,34 @@ def _tf():  # type: ignore[no-untyped-def]
 
 def train_meter(tf: Any, x: np.ndarray) -> Any:
     keras = tf.keras
-    inp = keras.Input((WINDOW,), batch_size=None, name="window")
+    tf.keras.utils.set_random_seed(SEED + 1)
+    inp = keras.Input((WINDOW,), name="window")
     h = keras.layers.Dense(32, activation="relu", name="enc1")(inp)
-    z = keras.layers.Dense(10, activation="relu", name="code")(h)
+    z = keras.layers.Dense(4, name="code")(h)  # a narrow code: flat stretches must not fit
     h = keras.layers.Dense(32, activation="relu", name="dec1")(z)
     out = keras.layers.Dense(WINDOW, name="reconstruction")(h)
     model = keras.Model(inp, out, name="meter_anomaly")
     model.compile(optimizer=keras.optimizers.Adam(2e-3), loss="mse")
-    _fit(model, x, x, epochs=40, batch_size=64, seed=1)
+    rng = np.random.default_rng([SEED, 101])
+    epochs = 40
+    for epoch in range(epochs):
+        perm = rng.permutation(len(x))  # our own data order, fixed by the seed
+        _fit(model, x[perm], x[perm], epoch, epochs, lr=2e-3, batch_size=64)
     return model
 
 
-def train_cam(tf: Any, x: np.ndarray, y: np.ndarray) -> Any:
+def train_cam(tf: Any) -> Any:
     keras = tf.keras
+    tf.keras.utils.set_random_seed(SEED + 2)
     inp = keras.Input((H, W, 1), name="image")
     h = keras.layers.Rescaling(1.0 / 255.0, name="scale")(inp)
-    for i, filters in enumerate((8, 16, 32, 32)):
+    for i, filters in enumerate((12, 24, 32, 48)):
         h = keras.layers.Conv2D(
-            filters, 3, strides=2, padding="same", activation="relu", name=f"conv{i + 1}"
+            filters, 3, strides=2, padding="same", use_bias=False, name=f"conv{i + 1}"
         )(h)
-    h = keras.layers.GlobalAveragePooling2D(name="pool")(h)
+        h = keras.layers.BatchNormalization(momentum=0.9, name=f"bn{i + 1}")(h)
+        h = keras.layers.ReLU(name=f"relu{i + 1}")(h)
+    h = keras.layers.GlobalMaxPooling2D(name="pool")(h)
     out = keras.layers.Dense(len(CAM_CLASSES), activation="softmax", name="probs")(h)
     model = keras.Model(inp, out, name="substation_cam")
     model.compile(
@@ -295,39 +322,50 @@ def train_cam(tf: Any, x: np.ndarray, y: np.ndarray) -> Any:
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )
-    _fit(model, x, y, epochs=14, batch_size=32, seed=2)
+    # Render the next epoch's frames on the second core while TensorFlow (one thread) trains.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(cam_epoch, 0)
+        for epoch in range(CAM_EPOCHS):
+            x, y = pending.result()
+            if epoch + 1 < CAM_EPOCHS:
+                pending = pool.submit(cam_epoch, epoch + 1)
+            _fit(model, x, y, epoch, CAM_EPOCHS, lr=3e-3, batch_size=32)
     return model
 
 
-def _fit(model: Any, x: np.ndarray, y: np.ndarray, epochs: int, batch_size: int, seed: int) -> None:
-    """Train with our own per-epoch permutation, so data order depends only on the seed."""
-    rng = np.random.default_rng([SEED, 100 + seed])
-    for epoch in range(epochs):
-        perm = rng.permutation(len(x))
-        hist = model.fit(x[perm], y[perm], batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
-        if epoch == epochs - 1 or epoch % 5 == 0:
-            stats = ", ".join(f"{k}={v[-1]:.4f}" for k, v in hist.history.items())
-            print(f"  {model.name} epoch {epoch + 1}/{epochs}: {stats}", flush=True)
+def _fit(
+    model: Any, x: np.ndarray, y: np.ndarray, epoch: int, epochs: int, lr: float, batch_size: int
+) -> None:
+    """One epoch in the order given, with a cosine learning-rate schedule."""
+    model.optimizer.learning_rate.assign(lr * 0.5 * (1.0 + np.cos(np.pi * epoch / epochs)))
+    hist = model.fit(x, y, batch_size=batch_size, epochs=1, shuffle=False, verbose=0)
+    if epoch == epochs - 1 or epoch % 5 == 0:
+        stats = ", ".join(f"{k}={v[-1]:.4f}" for k, v in hist.history.items())
+        print(f"  {model.name} epoch {epoch + 1}/{epochs}: {stats}", flush=True)
 
 
 def convert(tf: Any, model: Any, input_name: str, rep: np.ndarray | None) -> bytes:
-    """A batch-1 .tflite; full-integer int8 (int8 in and out) when rep data is given."""
-    shape = [1, *model.input_shape[1:]]
-    spec = tf.TensorSpec(shape, tf.float32, name=input_name)
-    fn = tf.function(lambda x: model(x, training=False), input_signature=[spec])
-    converter = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], model)
-    if rep is not None:
+    """A batch-1 .tflite; full-integer int8 (int8 in and out) when rep data is given.
 
-        def representative() -> Any:
-            for i in range(len(rep)):
-                yield [rep[i : i + 1]]
+    Goes through a SavedModel (Keras 3's export): converting a tf.function that closes over a
+    Keras 3 model leaves its weights as unfrozen resource variables in the .tflite.
+    """
+    spec = tf.TensorSpec([1, *model.input_shape[1:]], tf.float32, name=input_name)
+    with tempfile.TemporaryDirectory(prefix="fieldrig-savedmodel-") as tmp:
+        model.export(tmp, format="tf_saved_model", input_signature=[spec], verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
+        if rep is not None:
 
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = representative
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.int8
-    return bytes(converter.convert())
+            def representative() -> Any:
+                for i in range(len(rep)):
+                    yield [rep[i : i + 1]]
+
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = representative
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+        return bytes(converter.convert())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -335,14 +373,14 @@ def convert(tf: Any, model: Any, input_name: str, rep: np.ndarray | None) -> byt
 # ---------------------------------------------------------------------------------------------
 
 
-def _quant(detail: dict[str, Any]) -> dict[str, float] | None:
+def _quant(detail: Details) -> dict[str, float] | None:
     scale, zero_point = detail["quantization"]
     if scale == 0.0:
         return None
     return {"scale": float(scale), "zero_point": int(zero_point)}
 
 
-def run_tflite(path: Path, x: np.ndarray) -> tuple[np.ndarray, list[dict[str, Any]], list[dict[str, Any]]]:
+def run_tflite(path: Path, x: np.ndarray) -> tuple[np.ndarray, list[Details], list[Details]]:
     """Outputs (dequantized float) for every sample of x, one invoke per sample, 1 thread."""
     from ai_edge_litert.interpreter import Interpreter
 
@@ -408,7 +446,7 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _details(details: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _details(details: list[Details]) -> list[dict[str, Any]]:
     return [
         {
             "name": str(d["name"]),
@@ -423,18 +461,36 @@ def _details(details: list[dict[str, Any]]) -> list[dict[str, Any]]:
 TOLERANCE = {"auc": 0.02, "accuracy": 0.02}
 
 
+def check_versions() -> list[str]:
+    """Installed versions that differ from PINS (each one changes the bytes)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    wrong = []
+    for dist, pin in PINS.items():
+        try:
+            have = version(dist)
+        except PackageNotFoundError:
+            have = "not installed"
+        if have != pin:
+            wrong.append(f"{dist} {have} (pinned {pin})")
+    return wrong
+
+
 def build(out: Path) -> dict[str, Any]:
     """Build every model, eval set and the manifest into `out`; return the manifest."""
+    for line in check_versions():
+        print(f"WARNING: {line}: the files will not match the committed ones", flush=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / "eval").mkdir(exist_ok=True)
-    data = make_data()
+    data = {"meter_anomaly": meter_data(), "substation_cam": cam_data()}
     tf = _tf()
-
+    t0 = time.monotonic()
     print("training meter_anomaly", flush=True)
     meter = train_meter(tf, data["meter_anomaly"]["train"])
-    print("training substation_cam", flush=True)
-    cam_x, cam_y = data["substation_cam"]["train"]
-    cam = train_cam(tf, cam_x, cam_y)
+    t1 = time.monotonic()
+    print(f"training substation_cam ({t1 - t0:.0f} s so far)", flush=True)
+    cam = train_cam(tf)
+    print(f"trained in {time.monotonic() - t0:.0f} s", flush=True)
 
     entries = []
     for name, model, input_name, task in (
@@ -462,8 +518,9 @@ def build(out: Path) -> dict[str, Any]:
             else:
                 pred = np.argmax(outputs, axis=1)
                 value = float(np.mean(pred == d["y"]))
-                per_class = [float(np.mean(pred[d["y"] == c] == c)) for c in range(len(CAM_CLASSES))]
-                detail = ", ".join(f"{c} {v:.3f}" for c, v in zip(CAM_CLASSES, per_class, strict=True))
+                detail = ", ".join(
+                    f"{c} {np.mean(pred[d['y'] == k] == k):.3f}" for k, c in enumerate(CAM_CLASSES)
+                )
                 quality = {"metric": "accuracy", "value": value, "tolerance": TOLERANCE["accuracy"]}
             size = (out / fname).stat().st_size
             print(f"{fname}: {size} bytes, {quality['metric']} {value:.4f} ({detail})", flush=True)
@@ -507,14 +564,16 @@ def check() -> int:
                 problems.append(f"{fname}: manifest sha256 {m['sha256']}, rebuilt {rebuilt}")
             if here != m["sha256"]:
                 problems.append(f"{fname}: manifest sha256 {m['sha256']}, file in models/ {here}")
-        for rel in sorted({m["eval"] for m in committed["models"]}) + ["manifest.yaml"]:
+        for rel in [*sorted({m["eval"] for m in committed["models"]}), "manifest.yaml"]:
             a, b = MODELS_DIR / rel, out / rel
             if not a.exists() or a.read_bytes() != b.read_bytes():
                 problems.append(f"{rel}: differs from the rebuilt one")
     if problems:
-        print("models/build.py --check: FAILED, the committed models are not what this script builds:")
+        print("models/build.py --check: FAILED, models/ is not what this script builds:")
         for p in problems:
             print(f"  {p}")
+        for line in check_versions():
+            print(f"  (a likely cause: {line}; see models/requirements.txt)")
         print("Rebuild with `models/build.py` (see models/README.md) and commit the result.")
         return 1
     print(f"models/build.py --check: OK, {len(committed['models'])} models rebuilt byte-identical")
