@@ -5,7 +5,9 @@ before the model under test, to prove an interpreter works. Rebuild with the mod
 (see README.md) and compare: `python models/build_probe.py /tmp/probe.tflite && sha256sum
 /tmp/probe.tflite` must print 04aad787adb629f04e4350c0ddea2ddff78d9216bad3bb140df29cbea5e2f6d0.
 """
+
 import sys
+
 import tensorflow as tf
 
 tf.keras.utils.set_random_seed(0)
