@@ -24,5 +24,6 @@ converter = tf.lite.TFLiteConverter.from_concrete_functions(
     [module.__call__.get_concrete_function()], module
 )
 data = converter.convert()
-open(sys.argv[1], "wb").write(data)
+with open(sys.argv[1], "wb") as out:
+    out.write(data)
 print(len(data))
