@@ -15,7 +15,7 @@ import pytest
 
 from bench.errors import BenchError
 from bench.gateway import ConnectedGateway
-from bench.instruments.meter import SupplyChannelMeter
+from bench.instruments.meter import ArraySupplyMeter, SupplyChannelMeter
 from bench.instruments.psu import PowerSupply
 from bench.results import RunStore
 from bench.rig import Rig, load_rig
@@ -273,7 +273,7 @@ def gateways(rig: BenchSession) -> list[ConnectedGateway]:
 @pytest.fixture
 def gateway_power(
     gateway: ConnectedGateway, rig: BenchSession
-) -> tuple[PowerSupply, int, SupplyChannelMeter]:
+) -> tuple[PowerSupply, int, SupplyChannelMeter | ArraySupplyMeter]:
     """(supply, channel, meter) powering this test's gateway; skipped where there is none."""
     try:
         return rig.power(gateway.name)

@@ -11,7 +11,7 @@ from typing import Any
 from bench.errors import BenchError
 from bench.fleet.inventory import collect_inventory
 from bench.gateway import ConnectedGateway
-from bench.instruments.meter import SupplyChannelMeter
+from bench.instruments.meter import ArraySupplyMeter, SupplyChannelMeter, supply_meter
 from bench.instruments.psu import PowerSupply, SafeExitGuard, safe_on_exit
 from bench.instruments.registry import open_supply
 from bench.lab.virtual import VirtualLab
@@ -125,16 +125,20 @@ class BenchSession:
                 continue
             self.supplies[name] = psu
 
-    def power(self, gateway: str) -> tuple[PowerSupply, int, SupplyChannelMeter]:
-        """The supply and channel that power a gateway, and a meter on that channel."""
+    def power(self, gateway: str) -> tuple[PowerSupply, int, SupplyChannelMeter | ArraySupplyMeter]:
+        """The supply and channel that power a gateway, and a meter on that channel (the
+        supply's datalogger where its dialect has one, point queries otherwise)."""
         link = self.spec.gateway(gateway).power
         if link is None:
             raise BenchError(f"gateway {gateway} has no power channel in rig '{self.spec.name}'")
         psu = self.supplies.get(link.instrument)
         if psu is None:
             raise BenchError(f"supply {link.instrument} of gateway {gateway} is unavailable")
-        meter = SupplyChannelMeter(psu, link.channel, f"{link.instrument} ch{link.channel}")
-        return psu, link.channel, meter
+        return (
+            psu,
+            link.channel,
+            supply_meter(psu, link.channel, f"{link.instrument} ch{link.channel}"),
+        )
 
     def check_health(self, say: Callable[[str], None]) -> None:
         """Connect to every gateway in parallel and take its inventory; failures are reported
@@ -166,7 +170,11 @@ class BenchSession:
         for gw in self.gateways.values():
             gw.close()
         for name, psu in self.supplies.items():
-            psu.close()  # the rig's declared safe state
+            try:
+                psu.close()  # the rig's declared safe state
+            except BenchError as exc:
+                self.store.record_event(gateway=None, kind="safe_state_failed", message=str(exc))
+                say(f"fieldrig: INFRASTRUCTURE ERROR supply {name}: {exc}")
             self._guards.pop(name).remove()
         for guard in self._guards.values():  # supplies that failed while being set up
             guard.remove()

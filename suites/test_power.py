@@ -17,7 +17,7 @@ from bench.fleet.clock import estimate_clock
 from bench.gateway import ConnectedGateway
 from bench.inference.manifest import ModelEntry, load_manifest
 from bench.inference.runner import InferenceOptions, measure_latency
-from bench.instruments.meter import SupplyChannelMeter
+from bench.instruments.meter import ArraySupplyMeter, SupplyChannelMeter
 from bench.instruments.psu import PowerSupply
 from bench.plugin import Recorder
 from bench.power.energy import window_energies
@@ -25,7 +25,7 @@ from bench.power.sampler import Sampler, sample_for
 
 IDLE_SECONDS = 2.0
 BOOT_DEADLINE_S = 180.0
-Power = tuple[PowerSupply, int, SupplyChannelMeter]
+Power = tuple[PowerSupply, int, SupplyChannelMeter | ArraySupplyMeter]
 
 
 @pytest.mark.needs("psu")
@@ -62,7 +62,8 @@ def test_energy_per_inference(
         trace, run.raw["windows"], clock_offset_ns=clock.offset_ns, idle_watts=idle
     )
     trusted = [e for e in energies if e.trusted]
-    context = {**run.stack, "model": model.name, "variant": model.variant, "meter": meter.name}
+    context = {**run.stack, "model": model.name, "variant": model.variant, "meter": meter.name,
+               "sampling_fallback": trace.fallback or ""}  # fmt: skip
     results.record("power.idle_baseline", idle, "W", **context)
     results.record("power.sampling_rate", trace.rate_hz, "Hz", **context)
     results.record("power.untrusted_windows", len(energies) - len(trusted), "count", **context)

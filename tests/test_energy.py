@@ -10,7 +10,7 @@ import pytest
 
 from bench.gateway import ConnectedGateway
 from bench.instruments.meter import Ina3221Meter, SupplyChannelMeter
-from bench.instruments.psu import open_psu
+from bench.instruments.psu import InstrumentError, open_psu
 from bench.lab.scpi_server import ResistiveLoad, ScpiPsuServer
 from bench.power.energy import MIN_SAMPLES_PER_WINDOW, integrate_joules, window_energies
 from bench.power.sampler import Sampler, Trace
@@ -87,3 +87,23 @@ def test_ina3221_meter_reads_hwmon_over_ssh(gw1: ConnectedGateway) -> None:
     assert before <= at <= time.time_ns()
     assert watts == pytest.approx(19.04 * 0.316)
     assert meter.name == "gw1 INA3221 rail 1"
+
+
+class _DataloggerThatRefuses:
+    """A meter whose datalogger errors (as an instrument without one would answer -113)."""
+
+    name = "refusing datalogger"
+
+    def read_block(self) -> object:
+        raise InstrumentError("psu: 'SENS:SWE:POIN 500' failed: -113,\"Undefined header\"")
+
+    def read(self) -> tuple[int, float]:
+        time.sleep(0.001)
+        return time.time_ns(), 3.0
+
+
+def test_sampler_falls_back_to_point_queries_when_the_datalogger_fails() -> None:
+    with Sampler(_DataloggerThatRefuses()) as trace:  # type: ignore[arg-type]
+        time.sleep(0.1)
+    assert trace.fallback is not None and "-113" in trace.fallback
+    assert len(trace.watts) >= 10 and set(trace.watts) == {3.0}

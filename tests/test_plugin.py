@@ -29,9 +29,9 @@ def test_hostname(gateway, results):
 def test_coral_only(gateway):
     assert gateway.spec.board == "coral-devboard"
 
-@pytest.mark.needs("psu")
-def test_needs_psu(gateway):
-    raise AssertionError("must be skipped: no gateway has a PSU channel")
+@pytest.mark.needs("radio")
+def test_needs_radio(gateway):
+    raise AssertionError("must be skipped: no gateway has a radio")
 
 @pytest.mark.tag("cuda")
 def test_cuda(gateway):
@@ -70,7 +70,7 @@ def test_suite_ids_markers_and_records(pytester: pytest.Pytester, lab: VirtualLa
     result.stdout.fnmatch_lines(
         [
             "*gw1 is a rpi4; test needs board coral-devboard*",
-            "*gw2 has no psu capability in the rig*",
+            "*gw2 has no radio capability in the rig*",
             "*gw1 lacks tag cuda*",
         ]
     )
@@ -88,7 +88,7 @@ def test_suite_ids_markers_and_records(pytester: pytest.Pytester, lab: VirtualLa
     }
     assert outcomes["test_fail[gw2]"] == "failed"
     assert outcomes["test_fail[gw1]"] == "passed"
-    assert outcomes["test_needs_psu[gw1]"] == "skipped"
+    assert outcomes["test_needs_radio[gw1]"] == "skipped"
     assert (run_dir / "measurements.parquet").exists() and (run_dir / "outcomes.parquet").exists()
     inventory = json.loads((run_dir / "inventory.json").read_text())
     assert inventory["gw2"]["board_model"] == "NVIDIA Jetson Orin Nano Developer Kit"

@@ -2,6 +2,9 @@
 
 from bench.instruments.dialects import DIALECTS, Dialect
 from bench.instruments.psu import (
+    AcquisitionRefused,
+    ArrayReading,
+    ArraySupply,
     InstrumentError,
     PowerSupply,
     SafeExitGuard,
@@ -15,6 +18,9 @@ from bench.instruments.registry import DRIVERS, open_supply, register
 __all__ = [
     "DIALECTS",
     "DRIVERS",
+    "AcquisitionRefused",
+    "ArrayReading",
+    "ArraySupply",
     "Dialect",
     "InstrumentError",
     "PowerSupply",

@@ -5,7 +5,9 @@ has no vendor branches. A table holds command templates: ``{ch}`` is the channel
 and ``{value}`` the number to send. Where ``select`` is set, it is sent before each channel
 command (``INST:NSEL n`` + bare commands); otherwise the channel travels in the command.
 A template of ``None`` means the family has no such command (the driver then skips the
-step, or for power computes V*I).
+step, or for power computes V*I). ``array`` is the family's measurement datalogger (a sweep
+of points at a fixed interval, fetched as arrays), or ``None`` where the family has none and
+the bench reads point queries instead.
 """
 
 from collections.abc import Callable
@@ -14,9 +16,11 @@ from dataclasses import dataclass
 __all__ = [
     "DIALECTS",
     "GENERIC",
+    "KEYSIGHT_ARRAY",
     "KEYSIGHT_E36300",
     "RIGOL_DP800",
     "SIGLENT_SPD3303X",
+    "ArrayCommands",
     "Dialect",
     "parse_bool_reply",
     "parse_siglent_status",
@@ -45,6 +49,30 @@ def parse_siglent_status(reply: str, channel: int) -> bool:
 
 
 @dataclass(frozen=True)
+class ArrayCommands:
+    """A family's measurement datalogger: ``points`` samples every ``interval`` seconds.
+
+    The driver sends, each followed by the error query: ``points``, ``interval``, then reads
+    ``interval_query`` back (the instrument rounds the interval to its sample clock, and the
+    timestamps must use what it really does), ``offset`` (0: the first point is the trigger),
+    ``initiate``, ``trigger``; then ``fetch_current`` and ``fetch_voltage`` return the two
+    arrays of one acquisition. The bounds are checked before anything is sent.
+    """
+
+    points: str
+    interval: str
+    interval_query: str
+    offset: str | None
+    initiate: str
+    trigger: str
+    fetch_current: str
+    fetch_voltage: str
+    max_points: int
+    min_interval_s: float
+    max_interval_s: float
+
+
+@dataclass(frozen=True)
 class Dialect:
     """Command templates of one instrument family."""
 
@@ -69,7 +97,46 @@ class Dialect:
     clear_status: str | None = "*CLS"
     identify: str = "*IDN?"
     compound: bool = True  # takes "CMD;:SYST:ERR?" (one round trip per checked setting)
+    array: ArrayCommands | None = None  # the datalogger; None: point queries only
 
+
+# Keysight measurement digitizer ("datalogger" in issue 4): SENSe:SWEep + acquire trigger +
+# FETCh:ARRay. What the sources available here really say, and what they do not:
+# - Agilent 66312A/66332A User's Guide, Language Dictionary p. 47 ("Measurement Commands"):
+#   MEASure:ARRay:CURRent[:DC]? / FETCh:ARRay:CURRent[:DC]? (and :VOLTage) return an array
+#   of instantaneous output current (voltage); the time interval is set by
+#   SENSe:SWEep:TINTerval, the trigger's position in the buffer by SENSe:SWEep:OFFSet, the
+#   number of points returned by SENSe:SWEep:POINts. MEASure triggers a new acquisition,
+#   FETCh returns the data of the last one.
+# - Keysight N6705C User's Guide, ch. 6 "Advanced Source, Measurement, and Control" p. 213:
+#   SENS:SWE:TINT values are rounded to the sample clock (10.24 / 20.48 / 40.96 us steps,
+#   20.48 us with SENS:SWE:TINT:RES RES20), so the driver reads the interval back;
+#   SENS:SWE:OFFS:POIN n,(@1): 0 takes every sample after the trigger, negative values
+#   capture pre-trigger data.
+# - Keysight E4360 User's Guide p. 59: TRIG:ACQ:SOUR BUS,(@1); INIT:ACQ (@1,2) enables the
+#   measurement trigger system, which returns to Idle after one triggered measurement; an
+#   immediate trigger over the bus (TRIG:ACQ (@1)) triggers regardless of the source.
+# - The E36300 Series Programming Guide (9018-04577; E36311-90008): the copy reachable here
+#   shows only its contents, which list ABORt (@<chanlist>) and ABORt:DLOG (a DLOG data
+#   logger); no page confirming SENSe:SWEep / FETCh:ARRay on an E36300 could be read. A
+#   real E36300 without them answers -113 and the driver raises InstrumentError naming the
+#   command: check the guide before relying on arrays from a real E36300.
+# Bounds (1..4096 points, 20.48 us..40 000 s) are this project's conservative limits, not
+# values read from an E36300 guide; 20.48 us is the N6705C's RES20 sample-clock step. The
+# virtual supply's keysight-e36300 mode implements exactly these commands and bounds.
+KEYSIGHT_ARRAY = ArrayCommands(
+    points="SENS:SWE:POIN {value},(@{ch})",
+    interval="SENS:SWE:TINT {value},(@{ch})",
+    interval_query="SENS:SWE:TINT? (@{ch})",
+    offset="SENS:SWE:OFFS:POIN 0,(@{ch})",
+    initiate="INIT:ACQ (@{ch})",
+    trigger="TRIG:ACQ (@{ch})",
+    fetch_current="FETC:ARR:CURR? (@{ch})",
+    fetch_voltage="FETC:ARR:VOLT? (@{ch})",
+    max_points=4096,
+    min_interval_s=20.48e-6,
+    max_interval_s=40_000.0,
+)
 
 # Keysight E36300 series (E36311A, E36312A, E36313A). Source: Keysight "E36300 Series
 # Programmable DC Power Supplies Programming Guide", SCPI command reference: SOURce
@@ -96,6 +163,7 @@ KEYSIGHT_E36300 = Dialect(
     measure_voltage="MEAS:VOLT? (@{ch})",
     measure_current="MEAS:CURR? (@{ch})",
     measure_power=None,
+    array=KEYSIGHT_ARRAY,
 )
 
 # Rigol DP800 series (DP811/DP821/DP831/DP832). Source: RIGOL "DP800 Series Programmable
@@ -103,6 +171,8 @@ KEYSIGHT_E36300 = Dialect(
 # [:SOURce[<n>]]:VOLTage / :CURRent, :OUTPut[:STATe] [CH<n>,]{ON|OFF}, :OUTPut? CH<n>
 # (answers ON/OFF), :OUTPut:OVP:VALue / :OUTPut:OVP [CH<n>,]{ON|OFF}, the same for :OCP
 # (OCP has its own level), :MEASure[:VOLTage]|:CURRent|:POWEr? CH<n>, :SYSTem:ERRor?.
+# No SCPI array fetch (FETCh:ARRay-style) is used for this family: point queries only
+# (array=None); whatever on-instrument recording the DP800 offers is not read from here.
 RIGOL_DP800 = Dialect(
     name="rigol-dp800",
     family="Rigol DP800 series",
@@ -130,7 +200,8 @@ RIGOL_DP800 = Dialect(
 # word: bit 4 CH1 on, bit 5 CH2 on). It has no output-state query per channel, no *CLS and
 # no programmable OVP/OCP: the CC current limit is its only current protection, and the
 # driver's check of every set-point against the rig's limits is the voltage protection.
-# Commands are sent one per line (its parser is not documented to take ';' lists).
+# Commands are sent one per line (its parser is not documented to take ';' lists). No array
+# acquisition is used for this family: point queries only (array=None).
 SIGLENT_SPD3303X = Dialect(
     name="siglent-spd3303x",
     family="Siglent SPD3303X series",
@@ -155,7 +226,8 @@ SIGLENT_SPD3303X = Dialect(
 
 # Generic SCPI-1999 supply: INSTrument:NSELect n, then bare SOURce/OUTPut/MEASure commands
 # (the form the SCPI standard volume 2 and most multi-output supplies accept), OVP with
-# VOLT:PROT + VOLT:PROT:STAT, OCP tripping at the CURR set-point (CURR:PROT:STAT).
+# VOLT:PROT + VOLT:PROT:STAT, OCP tripping at the CURR set-point (CURR:PROT:STAT). SCPI
+# defines no common array-acquisition command set for supplies: point queries (array=None).
 GENERIC = Dialect(
     name="scpi-generic",
     family="generic SCPI supply",

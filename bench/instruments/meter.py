@@ -3,15 +3,31 @@
 A bench supply channel is one meter; a board's own power monitor (Jetson's INA3221 through
 hwmon, read over SSH) is another. A Joulescope, Otii or NVML reader is one more class with
 the same two members.
+
+A meter that samples on its own clock (a supply's datalogger, a Joulescope's stream) also
+offers ``read_block()`` (:class:`BlockPowerMeter`): a block of evenly spaced readings and
+when the first was taken. The sampler then records the instrument's rate instead of one
+reading per round trip; a meter without ``read_block`` is read point by point as before.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 from bench.gateway import CommandRunner
-from bench.instruments.psu import PowerSupply
+from bench.instruments.psu import ArraySupply, PowerSupply
+
+__all__ = [
+    "ArraySupplyMeter",
+    "BlockPowerMeter",
+    "Ina3221Meter",
+    "PowerBlock",
+    "PowerMeter",
+    "SupplyChannelMeter",
+    "supply_meter",
+]
 
 
 class PowerMeter(Protocol):
@@ -21,6 +37,29 @@ class PowerMeter(Protocol):
 
     def read(self) -> tuple[int, float]:
         """(bench wall-clock ns at the reading, watts)."""
+        ...
+
+
+@dataclass(frozen=True)
+class PowerBlock:
+    """Readings taken by the instrument every ``interval_s``, the first at ``start_ns``
+    (bench wall clock)."""
+
+    start_ns: int
+    interval_s: float
+    watts: tuple[float, ...]
+
+    def times_ns(self) -> list[int]:
+        """Reading ``i`` at ``start_ns + i * interval_s``."""
+        return [self.start_ns + round(i * self.interval_s * 1e9) for i in range(len(self.watts))]
+
+
+@runtime_checkable
+class BlockPowerMeter(PowerMeter, Protocol):
+    """A meter that can also hand over a block of readings sampled on its own clock."""
+
+    def read_block(self) -> PowerBlock:
+        """The next block; blocks for as long as the instrument takes to sample it."""
         ...
 
 
@@ -36,6 +75,54 @@ class SupplyChannelMeter:
         before = time.time_ns()
         watts = self.psu.measure_power(self.channel)
         return (before + time.time_ns()) // 2, watts
+
+
+class ArraySupplyMeter:
+    """A bench supply's output read through its datalogger: ``points`` readings of V x I,
+    ``interval_s`` apart, per block (defaults: 1 kHz in 0.5 s blocks).
+
+    ``read()`` stays a single point query, so the meter is also a plain
+    :class:`PowerMeter`. A block holds the supply's session for its whole length, and the
+    sampler stops between blocks: keep blocks well under the sampler's 10 s join timeout.
+    """
+
+    def __init__(
+        self,
+        psu: ArraySupply,
+        channel: int,
+        name: str = "",
+        *,
+        interval_s: float = 0.001,
+        points: int = 500,
+    ) -> None:
+        self.psu = psu
+        self.channel = channel
+        self.name = name or f"psu channel {channel} (datalogger)"
+        self.interval_s = interval_s
+        self.points = points
+
+    def read(self) -> tuple[int, float]:
+        before = time.time_ns()
+        watts = self.psu.measure_power(self.channel)
+        return (before + time.time_ns()) // 2, watts
+
+    def read_block(self) -> PowerBlock:
+        sweep = self.psu.acquire_array(self.channel, self.points, self.interval_s)
+        return PowerBlock(sweep.start_ns, sweep.interval_s, tuple(sweep.watts()))
+
+
+def supply_meter(
+    psu: PowerSupply,
+    channel: int,
+    name: str = "",
+    *,
+    interval_s: float = 0.001,
+    points: int = 500,
+) -> SupplyChannelMeter | ArraySupplyMeter:
+    """The datalogger where the supply's driver has one, else point queries."""
+    if isinstance(psu, ArraySupply) and psu.has_datalogger:
+        return ArraySupplyMeter(psu, channel, name, interval_s=interval_s, points=points)
+    return SupplyChannelMeter(psu, channel, name)
 
 
 class Ina3221Meter:

@@ -9,6 +9,8 @@ Safety rules, in the order they apply:
   an output goes on: ``output(ch, True)`` configures a channel first if this session has not.
 - Every configuration write is followed by the dialect's error query; an instrument error
   raises :class:`InstrumentError` with the supply's own text.
+- ``acquire_array`` (families with a datalogger) checks the point count, the interval and
+  the sweep's length before anything is sent, and reads the error queue after every step.
 - ``close()``, the context manager and :func:`safe_on_exit` (atexit + SIGTERM) put every
   output in the rig's declared safe state. A SIGKILLed process cannot restore anything:
   whoever opens the supply next must call :meth:`ScpiPsu.safe_state` at start, which turns
@@ -25,19 +27,25 @@ import re
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from types import FrameType, TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Protocol, Self, runtime_checkable
 
 import pyvisa
 from pyvisa import errors as visa_errors
 from pyvisa.resources import MessageBasedResource
 
 from bench.errors import BenchError, InfrastructureError
-from bench.instruments.dialects import DIALECTS, Dialect
+from bench.instruments.dialects import DIALECTS, ArrayCommands, Dialect
 from bench.rig import Channel, Instrument
 
 __all__ = [
+    "MAX_ACQUISITION_S",
+    "AcquisitionRefused",
+    "ArrayReading",
+    "ArraySupply",
     "InstrumentError",
     "PowerSupply",
     "SafeExitGuard",
@@ -48,6 +56,10 @@ __all__ = [
 ]
 
 _MAX_ERRORS = 20  # error-queue entries read after one write
+MAX_ACQUISITION_S = 60.0
+"""Longest sweep (points x interval) one ``acquire_array`` call may block for; capture
+longer stretches as several sweeps (the sampler does)."""
+_FETCH_MARGIN_S = 5.0  # beyond the sweep's own length, for the fetch's round trip
 _ERROR_CODE = re.compile(r"\s*([+-]?\d+)")
 
 
@@ -57,6 +69,30 @@ class SetpointRefused(BenchError):
 
 class InstrumentError(InfrastructureError):
     """The supply reported an error, did not answer, or answered something unreadable."""
+
+
+class AcquisitionRefused(BenchError):
+    """An array acquisition the supply cannot do (no datalogger, too many points, interval
+    or sweep length out of bounds): refused before anything was sent."""
+
+
+@dataclass(frozen=True)
+class ArrayReading:
+    """One datalogger sweep of a channel: point ``i`` was taken at
+    ``start_ns + i * interval_s`` on the bench's wall clock."""
+
+    channel: int
+    start_ns: int  # bench wall clock at the trigger, i.e. at the first point
+    interval_s: float  # the interval the supply reports using, not the one asked for
+    volts: tuple[float, ...]
+    amps: tuple[float, ...]
+
+    def times_ns(self) -> list[int]:
+        """The bench wall-clock time of every point."""
+        return [self.start_ns + round(i * self.interval_s * 1e9) for i in range(len(self.amps))]
+
+    def watts(self) -> list[float]:
+        return [v * i for v, i in zip(self.volts, self.amps, strict=True)]
 
 
 class PowerSupply(Protocol):
@@ -73,6 +109,15 @@ class PowerSupply(Protocol):
     def measure_power(self, channel: int) -> float: ...
     def safe_state(self) -> None: ...
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class ArraySupply(PowerSupply, Protocol):
+    """A supply whose driver can read a channel through the instrument's datalogger."""
+
+    @property
+    def has_datalogger(self) -> bool: ...
+    def acquire_array(self, channel: int, points: int, interval_s: float) -> ArrayReading: ...
 
 
 def _number(value: float) -> str:
@@ -203,6 +248,43 @@ class ScpiPsu:
         with self._lock:
             return self.measure_voltage(channel) * self.measure_current(channel)
 
+    @property
+    def has_datalogger(self) -> bool:
+        """Whether this family has array acquisition (``acquire_array``)."""
+        return self.dialect.array is not None
+
+    def acquire_array(self, channel: int, points: int, interval_s: float) -> ArrayReading:
+        """One datalogger sweep: ``points`` readings of volts and amps, ``interval_s`` apart.
+
+        Configures the sweep (points, interval, no trigger offset), reads the interval back
+        (the supply rounds it to its sample clock), initiates and triggers the acquisition,
+        then fetches both arrays of that one acquisition. Every step is followed by the error
+        query. Blocks for the sweep's length (points x interval), at most
+        ``MAX_ACQUISITION_S``. The start time is the bench clock at the trigger (the middle
+        of its round trip), so point ``i`` lies at ``start_ns + i * interval_s``.
+        """
+        self._declared(channel)
+        table = self._array_commands(channel, points, interval_s)
+        with self._lock:
+            self._select(channel)
+            self._setting(table.points.format(ch=channel, value=str(points)))
+            self._setting(table.interval.format(ch=channel, value=f"{interval_s:.9g}"))
+            actual = self._interval_read_back(table.interval_query.format(ch=channel), interval_s)
+            if table.offset is not None:
+                self._setting(table.offset.format(ch=channel))
+            self._setting(table.initiate.format(ch=channel))
+            before = time.time_ns()
+            self._setting(table.trigger.format(ch=channel))
+            start_ns = (before + time.time_ns()) // 2
+            timeout = self._res.timeout
+            self._res.timeout = max(timeout, (points * actual + _FETCH_MARGIN_S) * 1000)
+            try:
+                amps = self._fetch_array(table.fetch_current.format(ch=channel), points)
+            finally:
+                self._res.timeout = timeout
+            volts = self._fetch_array(table.fetch_voltage.format(ch=channel), points)
+        return ArrayReading(channel, start_ns, actual, volts, amps)
+
     def safe_state(self) -> None:
         """Every declared channel to its safe state (off unless the rig says "on")."""
         failures: list[BenchError] = []
@@ -268,6 +350,84 @@ class ScpiPsu:
                 f"raise {key} in the rig file only if the wiring and the board allow it"
             )
 
+    def _array_commands(self, channel: int, points: int, interval_s: float) -> ArrayCommands:
+        table = self.dialect.array
+        where = f"{self.name} channel {channel}"
+        if table is None:
+            raise AcquisitionRefused(
+                f"{where}: array acquisition refused: a {self.dialect.family} has no "
+                "datalogger in fieldrig's dialect table; read it with point queries "
+                "(SupplyChannelMeter) instead"
+            )
+        if isinstance(points, bool) or not isinstance(points, int) or points < 1:
+            raise AcquisitionRefused(
+                f"{where}: {points!r} points refused before anything was sent: give a whole "
+                f"number from 1 to {table.max_points}"
+            )
+        if points > table.max_points:
+            raise AcquisitionRefused(
+                f"{where}: {points} points refused before anything was sent: a "
+                f"{self.dialect.family} holds at most {table.max_points} per sweep; take "
+                "several sweeps or a longer interval"
+            )
+        low, high = table.min_interval_s, table.max_interval_s
+        if not math.isfinite(interval_s) or not low <= interval_s <= high:
+            raise AcquisitionRefused(
+                f"{where}: interval {interval_s} s refused before anything was sent: it must "
+                f"be from {low:g} s to {high:g} s"
+            )
+        if points * interval_s > MAX_ACQUISITION_S:
+            raise AcquisitionRefused(
+                f"{where}: a sweep of {points} x {interval_s:g} s = "
+                f"{points * interval_s:g} s refused before anything was sent: one sweep "
+                f"blocks the supply's session, keep it within {MAX_ACQUISITION_S:g} s"
+            )
+        return table
+
+    def _interval_read_back(self, query: str, asked: float) -> float:
+        reply = self._checked_query(query)
+        try:
+            actual = float(reply)
+        except ValueError:
+            raise InstrumentError(
+                f"{self.name}: {query!r} answered {reply!r}, not a number"
+            ) from None
+        if not math.isfinite(actual) or actual <= 0 or abs(actual - asked) > 0.5 * asked:
+            raise InstrumentError(
+                f"{self.name}: asked for a {asked:g} s sample interval, the supply reports "
+                f"{actual:g} s ({query!r}); refusing to timestamp points with either"
+            )
+        return actual
+
+    def _fetch_array(self, query: str, points: int) -> tuple[float, ...]:
+        data = self._checked_query(query)
+        try:
+            values = tuple(float(v) for v in data.split(","))
+        except ValueError:
+            raise InstrumentError(
+                f"{self.name}: {query!r} answered {data[:60]!r}..., not a list of numbers"
+            ) from None
+        if len(values) != points:
+            raise InstrumentError(
+                f"{self.name}: {query!r} returned {len(values)} points, {points} were "
+                "configured; another session may have changed the sweep"
+            )
+        return values
+
+    def _checked_query(self, query: str) -> str:
+        """A query followed by the error queue, in one message where the dialect allows: a
+        query the supply rejects then answers with its error instead of not at all."""
+        error_query = self.dialect.error_query
+        with self._lock:
+            if self.dialect.compound:
+                answer, _, reply = self._query(f"{query};:{error_query.lstrip(':')}").rpartition(
+                    ";"
+                )
+            else:
+                answer, reply = self._query(query), self._query(error_query)
+            self._raise_errors(reply, query)
+        return answer
+
     # --- I/O ------------------------------------------------------------------------------
 
     def _check_vendor(self) -> None:
@@ -315,6 +475,12 @@ class ScpiPsu:
             else:
                 self._write(command)
                 reply = self._query(error_query)
+            self._raise_errors(reply, command)
+
+    def _raise_errors(self, reply: str, command: str) -> None:
+        """Read the error queue on from ``reply`` (its first entry); raise if not empty."""
+        error_query = self.dialect.error_query
+        with self._lock:
             errors: list[str] = []
             while self._error_code(reply) != 0 and len(errors) < _MAX_ERRORS:
                 errors.append(reply)

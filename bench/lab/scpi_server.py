@@ -9,6 +9,17 @@ without a leading ``:`` continues the previous one's path), case-insensitive sho
 mnemonics with optional nodes, one answer line per line (answers joined by ``;``), an error
 queue of 20 with -350 on overflow.
 
+In keysight-e36300 mode the supply also has a measurement datalogger (the commands of
+:data:`bench.instruments.dialects.KEYSIGHT_ARRAY`): ``SENS:SWE:POIN`` / ``SENS:SWE:TINT`` /
+``SENS:SWE:OFFS:POIN`` configure a sweep, ``INIT:ACQ`` arms it, ``TRIG:ACQ`` starts it and
+``FETC:ARR:CURR?`` / ``FETC:ARR:VOLT?`` return its arrays (``MEAS:ARR:...?`` does all three).
+The sweep runs in real time: a thread wakes at least every millisecond and reads the load
+for every point whose time has come, asking it about the point's own time, so each point is
+read at most ~1 ms (plus scheduling) after its time; a sweep of ``points`` x ``interval``
+takes that long, and a fetch waits for it (without holding the supply). The interval is
+rounded to a 20.48 us sample clock, as a Keysight digitizer does; ``SENS:SWE:TINT?``
+answers the rounded value.
+
 The load is pluggable: a :class:`LoadBackend` says what current a channel draws at a
 voltage and hears when an output switches. :class:`ResistiveLoad` is a seeded resistor
 with noise. When the load would exceed the limit, the channel either trips its OCP (output
@@ -49,6 +60,15 @@ __all__ = [
 SERVER_DIALECTS = ("keysight-e36300", "rigol-dp800", "siglent-spd3303x")
 ERROR_QUEUE_SIZE = 20
 TRANSCRIPT_SIZE = 10_000  # the newest commands kept for inspection
+ARRAY_MAX_POINTS = 4096  # the datalogger's bounds (keysight-e36300 mode)
+ARRAY_MIN_INTERVAL_S = 20.48e-6
+ARRAY_MAX_INTERVAL_S = 40_000.0
+ARRAY_CLOCK_S = 20.48e-6  # sample clock the interval is rounded to
+ARRAY_RESET_POINTS = 1024  # *RST values
+ARRAY_RESET_INTERVAL_S = 20.48e-6
+_ARRAY_MAX_OFFSET = 1_000_000
+_ARRAY_WAKE_S = 0.001  # the sweep thread sleeps at most this long between reads
+_FETCH_GRACE_S = 2.0  # a fetch waits this long past the sweep's end before giving up
 
 
 class LoadBackend(Protocol):
@@ -109,6 +129,24 @@ class ChannelState:
     @property
     def ovp_max(self) -> float:
         return round(self.max_voltage * 1.1, 6)
+
+
+@dataclass
+class _Acquisition:
+    """One channel's datalogger: configuration and the state of its current sweep."""
+
+    points: int = ARRAY_RESET_POINTS
+    interval: float = ARRAY_RESET_INTERVAL_S
+    offset: int = 0
+    state: str = "idle"  # idle -> initiated -> acquiring -> done
+    start: float = 0.0  # monotonic time of point 0
+    generation: int = 0  # bumped by every trigger and reset: a stale sweep thread stops
+    volts: list[float] = field(default_factory=list)
+    amps: list[float] = field(default_factory=list)
+
+    @property
+    def end(self) -> float:
+        return self.start + self.points * self.interval
 
 
 class _ScpiError(Exception):
@@ -260,13 +298,16 @@ class VirtualPsu:
         self._ranges = table[:channels]
         self.backend: LoadBackend = backend if backend is not None else ResistiveLoad()
         self._lock = threading.RLock()
+        self._acquired = threading.Condition(self._lock)  # a sweep finished or was dropped
+        self._acquisitions: dict[int, _Acquisition] = {}
         self._errors: deque[tuple[int, str]] = deque()
         self._events: list[tuple[int, bool]] = []
         self._transcript: deque[str] = deque(maxlen=TRANSCRIPT_SIZE)
         self._channels: dict[int, ChannelState] = {}
         self._selected = 1
         self._commands = self._table()
-        self._reset()
+        with self._lock:
+            self._reset()
 
     # --- inspection (for tests and the lab) ------------------------------------------------
 
@@ -381,7 +422,11 @@ class VirtualPsu:
             state = ChannelState(vmax, imax, current=imax, ovp_enabled=self._profile.ovp_on_reset)
             state.ovp_level = state.ovp_max
             self._channels[number] = state
+            old_sweep = self._acquisitions.get(number)
+            generation = old_sweep.generation + 1 if old_sweep is not None else 0
+            self._acquisitions[number] = _Acquisition(generation=generation)
         self._selected = 1
+        self._acquired.notify_all()
 
     def _push(self, code: int, message: str) -> None:
         if len(self._errors) < ERROR_QUEUE_SIZE - 1:
@@ -432,10 +477,10 @@ class VirtualPsu:
                 return 0.0
         return demand
 
-    def _sample(self, number: int) -> tuple[float, float]:
-        """One measurement of (volts, amps) at the terminals."""
+    def _sample(self, number: int, now: float | None = None) -> tuple[float, float]:
+        """One measurement of (volts, amps) at the terminals (at monotonic time ``now``)."""
         state = self._channels[number]
-        demand = self._evaluate(number, time.monotonic())
+        demand = self._evaluate(number, time.monotonic() if now is None else now)
         if not state.output:
             return 0.0, 0.0
         if demand > state.current:  # constant-current regulation
@@ -580,6 +625,147 @@ class VirtualPsu:
 
         return lambda call: self._answer(call, show)
 
+    # --- the datalogger (keysight-e36300 mode) -------------------------------------------------
+
+    def _integer(self, call: _Call, low: int, high: int, default: int) -> int:
+        token = self._one(call).upper()
+        if token in ("MIN", "MINIMUM"):
+            return low
+        if token in ("MAX", "MAXIMUM"):
+            return high
+        if token in ("DEF", "DEFAULT"):
+            return default
+        try:
+            value = float(token)
+        except ValueError:
+            raise _ScpiError(-224, "Illegal parameter value") from None
+        if not value.is_integer():
+            raise _ScpiError(-224, "Illegal parameter value")
+        if not low <= value <= high:
+            raise _ScpiError(-222, "Data out of range")
+        return int(value)
+
+    def _idle_sweeps(self, call: _Call) -> list[_Acquisition]:
+        sweeps = [self._acquisitions[n] for n in call.channels]
+        if any(sweep.state == "acquiring" for sweep in sweeps):
+            raise _ScpiError(-221, "Settings conflict; a measurement is in progress")
+        return sweeps
+
+    def _set_points(self, call: _Call) -> None:
+        points = self._integer(call, 1, ARRAY_MAX_POINTS, ARRAY_RESET_POINTS)
+        for sweep in self._idle_sweeps(call):
+            sweep.points = points
+
+    def _set_interval(self, call: _Call) -> None:
+        token = self._one(call).upper()
+        if token in ("MIN", "MINIMUM", "DEF", "DEFAULT"):
+            value = ARRAY_MIN_INTERVAL_S
+        elif token in ("MAX", "MAXIMUM"):
+            value = ARRAY_MAX_INTERVAL_S
+        else:
+            try:
+                value = float(token)
+            except ValueError:
+                raise _ScpiError(-224, "Illegal parameter value") from None
+            if not ARRAY_MIN_INTERVAL_S <= value <= ARRAY_MAX_INTERVAL_S:  # NaN fails too
+                raise _ScpiError(-222, "Data out of range")
+        ticks = max(1, round(value / ARRAY_CLOCK_S))
+        for sweep in self._idle_sweeps(call):
+            sweep.interval = ticks * ARRAY_CLOCK_S
+
+    def _set_offset(self, call: _Call) -> None:
+        # positive offsets delay the first point; pre-trigger (negative) capture is not modelled
+        offset = self._integer(call, 0, _ARRAY_MAX_OFFSET, 0)
+        for sweep in self._idle_sweeps(call):
+            sweep.offset = offset
+
+    def _initiate(self, call: _Call) -> None:
+        self._none(call)
+        for sweep in self._acquisitions_of(call):
+            if sweep.state == "acquiring":
+                raise _ScpiError(-213, "Init ignored")
+        for sweep in self._acquisitions_of(call):
+            sweep.state = "initiated"
+            sweep.volts, sweep.amps = [], []
+
+    def _acquisitions_of(self, call: _Call) -> list[_Acquisition]:
+        return [self._acquisitions[n] for n in call.channels]
+
+    def _trigger(self, call: _Call) -> None:
+        self._none(call)
+        now = time.monotonic()
+        for number in call.channels:
+            sweep = self._acquisitions[number]
+            if sweep.state != "initiated":
+                raise _ScpiError(-211, "Trigger ignored")
+            sweep.state = "acquiring"
+            sweep.start = now + sweep.offset * sweep.interval
+            sweep.generation += 1
+            threading.Thread(
+                target=self._run_sweep,
+                args=(number, sweep.generation),
+                name=f"scpi-psu-sweep{number}",
+                daemon=True,
+            ).start()
+
+    def _run_sweep(self, number: int, generation: int) -> None:
+        """Read the load at every point's time until the sweep is complete."""
+        while True:
+            with self._lock:
+                sweep = self._acquisitions[number]
+                if sweep.generation != generation or sweep.state != "acquiring":
+                    return
+                now = time.monotonic()
+                while len(sweep.amps) < sweep.points:
+                    at = sweep.start + len(sweep.amps) * sweep.interval
+                    if at > now:
+                        break
+                    volts, amps = self._sample(number, at)
+                    sweep.volts.append(volts)
+                    sweep.amps.append(amps)
+                done = len(sweep.amps) == sweep.points and now >= sweep.end
+                if done:
+                    sweep.state = "done"
+                    self._acquired.notify_all()
+                    wake = now
+                elif len(sweep.amps) < sweep.points:
+                    wake = sweep.start + len(sweep.amps) * sweep.interval
+                else:
+                    wake = sweep.end
+                events = self._take_events()
+            self._dispatch(events)
+            if done:
+                return
+            time.sleep(min(max(wake - time.monotonic(), 0.0), _ARRAY_WAKE_S))
+
+    def _fetch_array(self, call: _Call, pick: Callable[[_Acquisition], list[float]]) -> str:
+        """The arrays of the last sweep; waits (without holding the supply) for one running."""
+        self._none(call)
+        answers: list[str] = []
+        for number in call.channels:
+            sweep = self._acquisitions[number]
+            if sweep.state == "acquiring":
+                self._wait_for_sweep(number, sweep)
+            if self._acquisitions[number] is not sweep or sweep.state != "done":
+                raise _ScpiError(-230, "Data corrupt or stale")
+            answers.append(",".join(self._profile.number(v) for v in pick(sweep)))
+        return ",".join(answers)
+
+    def _wait_for_sweep(self, number: int, sweep: _Acquisition) -> None:
+        """Wait until ``sweep`` ends or is dropped (by *RST), releasing the supply meanwhile."""
+
+        def over() -> bool:
+            return self._acquisitions[number] is not sweep or sweep.state != "acquiring"
+
+        deadline = sweep.end + _FETCH_GRACE_S
+        self._acquired.wait_for(over, timeout=max(0.0, deadline - time.monotonic()))
+
+    def _measure_array(self, call: _Call, pick: Callable[[_Acquisition], list[float]]) -> str:
+        """MEASure:ARRay: initiate, trigger and fetch in one query."""
+        self._initiate(call)
+        self._trigger(call)
+        return self._fetch_array(call, pick)
+
     def _table(self) -> list[tuple[tuple[_Node, ...], bool, _Handler]]:
         level = "[:LEVel][:IMMediate][:AMPLitude]"
         where = "[CH#]" if self.dialect == "siglent-spd3303x" else "[SOURce#]"
@@ -628,6 +814,7 @@ class VirtualPsu:
                     reads(lambda s: s.ovp_tripped or s.ocp_tripped),
                 ),
                 ("OUTPut:PROTection:CLEar", False, self._clear_trips),
+                *self._datalogger_table(),
             ]
         else:  # rigol-dp800: protection under OUTPut:OVP / OUTPut:OCP, alarms answer YES/NO
             commands += [
@@ -646,6 +833,45 @@ class VirtualPsu:
                 ("OUTPut:OCP:CLEar", False, self._clear_trips),
             ]
         return [(_compile(p), q, h) for p, q, h in commands]
+
+    def _datalogger_table(self) -> list[tuple[str, bool, _Handler]]:
+        sweep = "[SENSe]:SWEep"
+        acquisitions = self._acquisitions_of
+
+        def show(pick: Callable[[_Acquisition], float]) -> _Handler:
+            def answer(call: _Call) -> str:
+                self._none(call)
+                return ",".join(self._profile.number(pick(a)) for a in acquisitions(call))
+
+            return answer
+
+        def whole(pick: Callable[[_Acquisition], int]) -> _Handler:
+            def answer(call: _Call) -> str:
+                self._none(call)
+                return ",".join(f"{pick(a):+d}" for a in acquisitions(call))
+
+            return answer
+
+        def amps(a: _Acquisition) -> list[float]:
+            return a.amps
+
+        def volts(a: _Acquisition) -> list[float]:
+            return a.volts
+
+        return [
+            (f"{sweep}:POINts", False, self._set_points),
+            (f"{sweep}:POINts", True, whole(lambda a: a.points)),
+            (f"{sweep}:TINTerval", False, self._set_interval),
+            (f"{sweep}:TINTerval", True, show(lambda a: a.interval)),
+            (f"{sweep}:OFFSet:POINts", False, self._set_offset),
+            (f"{sweep}:OFFSet:POINts", True, whole(lambda a: a.offset)),
+            ("INITiate[:IMMediate]:ACQuire", False, self._initiate),
+            ("TRIGger:ACQuire[:IMMediate]", False, self._trigger),
+            ("FETCh:ARRay:CURRent[:DC]", True, lambda c: self._fetch_array(c, amps)),
+            ("FETCh:ARRay:VOLTage[:DC]", True, lambda c: self._fetch_array(c, volts)),
+            ("MEASure:ARRay:CURRent[:DC]", True, lambda c: self._measure_array(c, amps)),
+            ("MEASure:ARRay:VOLTage[:DC]", True, lambda c: self._measure_array(c, volts)),
+        ]
 
 
 class _Connection(socketserver.StreamRequestHandler):

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bench.errors import BenchError
-from bench.instruments.meter import PowerMeter
+from bench.instruments.meter import BlockPowerMeter, PowerMeter
+from bench.instruments.psu import InstrumentError
 
 
 @dataclass
@@ -20,6 +21,7 @@ class Trace:
     times_ns: list[int] = field(default_factory=list)
     watts: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    fallback: str | None = None  # why array reads were abandoned for point queries
 
     @property
     def rate_hz(self) -> float:
@@ -41,7 +43,11 @@ class Trace:
 class Sampler:
     """Reads `meter` as fast as it answers (or at `rate_hz`) until stopped.
 
-    Use as a context manager around the measurement; the trace survives a failing body.
+    A meter with blocks (:class:`~bench.instruments.meter.BlockPowerMeter`, e.g. a supply's
+    datalogger) is read block after block at the instrument's own rate; each reading is
+    stamped ``block.start_ns + i * block.interval_s`` and ``rate_hz`` does not apply. The
+    sampler stops between blocks. Use as a context manager around the measurement; the
+    trace survives a failing body.
     """
 
     def __init__(self, meter: PowerMeter, rate_hz: float | None = None) -> None:
@@ -54,6 +60,8 @@ class Sampler:
         )
 
     def _loop(self) -> None:
+        if isinstance(self.meter, BlockPowerMeter) and self._block_loop(self.meter):
+            return
         next_at = time.monotonic()
         while not self._stop.is_set():
             try:
@@ -70,6 +78,24 @@ class Sampler:
                 delay = next_at - time.monotonic()
                 if delay > 0:
                     self._stop.wait(delay)
+
+    def _block_loop(self, meter: BlockPowerMeter) -> bool:
+        """Read blocks until stopped; False when the very first block fails (an instrument
+        whose datalogger does not answer as its dialect says), so point queries take over."""
+        while not self._stop.is_set():
+            try:
+                block = meter.read_block()
+            except BenchError as exc:
+                if isinstance(exc, InstrumentError) and not self.trace.times_ns:
+                    self.trace.fallback = f"datalogger failed, point queries instead: {exc}"
+                    return False
+                self.trace.errors.append(str(exc))
+                if len(self.trace.errors) > 10:
+                    return True
+                continue
+            self.trace.times_ns.extend(block.times_ns())
+            self.trace.watts.extend(block.watts)
+        return True
 
     def __enter__(self) -> Trace:
         self._thread.start()
