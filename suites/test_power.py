@@ -104,9 +104,14 @@ def test_power_cut_under_load(gateway: ConnectedGateway, gateway_power: Power) -
     """Cut power while the board is busy: it comes back, the bench reconnects, the load is
     gone (the board really rebooted)."""
     psu, channel, _ = gateway_power
-    gateway.spawn(["python3", "-c", "import time\nwhile True: time.sleep(0) # fieldrig-load"])
-    time.sleep(0.5)
-    _cut_and_restore(gateway, psu, channel)
-    leftovers = gateway.run("pgrep -f fieldrig-load || true").text.strip()
-    assert leftovers == ""
+    # setsid: the load must outlive the bench's SSH session, so only the power cut can end it
+    find_load = "pgrep -f [f]ieldrig-load || true"
+    gateway.run("setsid -f python3 -c 'while True: pass  # fieldrig-load' >/dev/null 2>&1")
+    try:
+        time.sleep(0.5)
+        assert gateway.run(find_load).text.strip() != ""
+        _cut_and_restore(gateway, psu, channel)
+        assert gateway.run(find_load).text.strip() == ""
+    finally:
+        gateway.run("pkill -f [f]ieldrig-load || true")
     assert gateway.run(["true"]).ok

@@ -72,6 +72,16 @@ def test_timeout_kills_the_whole_process_group(gw1: ConnectedGateway) -> None:
         gw1.run(["sleep", "5"], timeout=0.2)
 
 
+def test_timeout_does_not_hang_on_a_process_that_left_the_group(gw1: ConnectedGateway) -> None:
+    """A daemon started with setsid keeps the command's pipes open; the timeout still ends
+    the command within a bounded time instead of waiting for the daemon forever."""
+    start = time.monotonic()
+    result = gw1.run("setsid sleep 37.1 & echo started", timeout=0.5, check=False)
+    assert result.timed_out and result.stdout == b"started\n"
+    assert time.monotonic() - start < 6
+    gw1.run("pkill -f '[s]leep 37.1' || true")
+
+
 def test_concurrent_commands_share_one_channel(gw1: ConnectedGateway) -> None:
     gw1.run(["true"])
     results: dict[int, str] = {}

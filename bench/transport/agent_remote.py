@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import base64
 import functools
-import heapq
-import itertools
 import json
 import os
 import queue
+import selectors
 import signal
 import struct
 import subprocess
@@ -25,12 +24,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, Any, Dict, List, Optional, Tuple
 
 PROTOCOL_VERSION = 1
 HEADER = struct.Struct(">I")
 MAX_FRAME = 256 * 1024 * 1024
 KILL_GRACE_S = 1.0
+ORPHAN_GRACE_S = 2.0  # how long to wait for pipes held by a process that escaped a kill
 
 
 def encode_frame(message: dict[str, Any]) -> bytes:
@@ -81,40 +81,6 @@ class Workers:
                 self.idle += 1
 
 
-class Watchdog:
-    """One thread that fires callbacks at deadlines (timeouts of running commands)."""
-
-    def __init__(self) -> None:
-        self.cond = threading.Condition()
-        self.heap: list[tuple[float, int, list[Any]]] = []
-        self.seq = itertools.count()
-        self.thread: threading.Thread | None = None
-
-    def arm(self, delay: float, callback: Callable[[], None]) -> list[Any]:
-        entry = [callback, True]
-        with self.cond:
-            heapq.heappush(self.heap, (time.monotonic() + delay, next(self.seq), entry))
-            if self.thread is None:
-                self.thread = threading.Thread(target=self.loop, daemon=True)
-                self.thread.start()
-            self.cond.notify()
-        return entry
-
-    @staticmethod
-    def disarm(entry: list[Any]) -> None:
-        entry[1] = False
-
-    def loop(self) -> None:
-        while True:
-            with self.cond:
-                while not self.heap or self.heap[0][0] > time.monotonic():
-                    wait = self.heap[0][0] - time.monotonic() if self.heap else None
-                    self.cond.wait(wait)
-                _, _, entry = heapq.heappop(self.heap)
-            if entry[1]:
-                threading.Thread(target=entry[0], daemon=True).start()
-
-
 class Agent:
     def __init__(self, rfile: IO[bytes], wfile: IO[bytes]) -> None:
         self.rfile = rfile
@@ -123,7 +89,6 @@ class Agent:
         self.procs: dict[int, subprocess.Popen[bytes]] = {}  # spawned processes by request id
         self.procs_lock = threading.Lock()
         self.workers = Workers()
-        self.watchdog = Watchdog()
 
     def send(self, message: dict[str, Any]) -> None:
         frame = encode_frame(message)
@@ -225,21 +190,8 @@ class Agent:
                 }
             )
             return
-        # A watchdog, not communicate(timeout=...): Popen polls with sleeps when given a
-        # timeout, which costs milliseconds per command.
-        timed_out: list[bool] = []
-        alarm = None
-        if request.get("timeout") is not None:
-
-            def expire() -> None:
-                timed_out.append(True)  # before the kill: communicate() returns right after it
-                kill_group(proc)
-
-            alarm = self.watchdog.arm(request["timeout"], expire)
         payload = base64.b64decode(data) if data is not None else None
-        out, err = proc.communicate(payload)
-        if alarm is not None:
-            Watchdog.disarm(alarm)
+        out, err, timed_out = collect(proc, payload, request.get("timeout"))
         t_end = time.monotonic_ns()
         rc = proc.returncode
         self.send(
@@ -248,7 +200,7 @@ class Agent:
                 "id": request["id"],
                 "rc": rc if rc >= 0 else None,
                 "signal": -rc if rc < 0 else None,
-                "timed_out": bool(timed_out),
+                "timed_out": timed_out,
                 "out": b64(out),
                 "err": b64(err),
                 "t_start_ns": t_start,
@@ -318,6 +270,61 @@ class Agent:
             procs = list(self.procs.values())
         for proc in procs:
             kill_group(proc)
+
+
+def feed(stream: IO[bytes], payload: bytes) -> None:
+    try:
+        stream.write(payload)
+        stream.close()
+    except OSError:  # the command exited without reading all of it
+        pass
+
+
+def collect(
+    proc: subprocess.Popen[bytes], payload: Optional[bytes], timeout: Optional[float]
+) -> Tuple[bytes, bytes, bool]:
+    """Feed stdin, read stdout and stderr to their end; (out, err, timed out).
+
+    Not Popen.communicate(): with a timeout it polls with sleeps (milliseconds per command),
+    and without one it waits forever for pipes a grandchild that left the process group
+    still holds. Here a timeout kills the group, and pipes still open ORPHAN_GRACE_S after
+    that are abandoned.
+    """
+    if payload is not None and proc.stdin is not None:
+        threading.Thread(target=feed, args=(proc.stdin, payload), daemon=True).start()
+    chunks: Dict[int, List[bytes]] = {}
+    selector = selectors.DefaultSelector()
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            chunks[stream.fileno()] = []
+            selector.register(stream.fileno(), selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout if timeout is not None else None
+    killed_at: Optional[float] = None
+    while selector.get_map():
+        now = time.monotonic()
+        if deadline is not None and killed_at is None and now >= deadline:
+            kill_group(proc)
+            killed_at = time.monotonic()
+        if killed_at is not None and time.monotonic() - killed_at >= ORPHAN_GRACE_S:
+            break
+        if killed_at is not None:
+            wait: Optional[float] = ORPHAN_GRACE_S - (time.monotonic() - killed_at)
+        else:
+            wait = None if deadline is None else max(0.0, deadline - now)
+        for key, _ in selector.select(wait):
+            block = os.read(key.fd, 65536)
+            if block:
+                chunks[key.fd].append(block)
+            else:
+                selector.unregister(key.fd)
+    selector.close()
+    out = b"".join(chunks.get(proc.stdout.fileno(), [])) if proc.stdout else b""
+    err = b"".join(chunks.get(proc.stderr.fileno(), [])) if proc.stderr else b""
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+    proc.wait()
+    return out, err, killed_at is not None
 
 
 def kill_group(proc: subprocess.Popen[bytes]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from dataclasses import dataclass, field
@@ -11,6 +12,9 @@ import paramiko
 
 from bench.errors import TransportError
 from bench.transport.hostkeys import verify_host_key
+
+# paramiko logs every failed handshake with a traceback; fieldrig reports them as one line
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 @dataclass(frozen=True)
