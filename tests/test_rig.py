@@ -80,10 +80,14 @@ def test_virtual_rig_loads() -> None:
     assert gw1.backhaul is not None and gw1.backhaul.netns is not None
     assert gw1.backhaul.netns.namespace == "fr-virtual-gw1"
     assert gw1.backhaul.netns.interface == "wan0"
-    assert gw1.capabilities == {"ssh", "backhaul"}
-    assert rig.instruments == {}
+    assert gw1.capabilities == {"ssh", "psu", "backhaul"}
+    assert gw1.power is not None and (gw1.power.instrument, gw1.power.channel) == ("psu1", 1)
+    psu = rig.instruments["psu1"]
+    assert psu.resource == "TCPIP::127.0.0.1::5025::SOCKET" and psu.is_psu
+    assert psu.channels[2].voltage == 19.0  # the Jetson's 19 V input
     assert rig.virtual is not None
     assert rig.virtual.lab_id == "virtual"
+    assert rig.virtual.board_python == Path("/opt/fieldrig/board-python/bin/python3")
     assert rig.virtual.bridge_address == IPv4Address("10.213.0.1")
     assert rig.virtual.cloud_address == IPv4Address("10.214.0.1")
     assert rig.virtual.backhaul_address(2) == IPv4Address("10.214.0.13")
