@@ -35,7 +35,7 @@ from bench.lab import cgroups, system
 from bench.rig import Rig
 
 # Bump when the way a lab is built changes, so labs built the old way are rebuilt.
-LAB_FORMAT = 4
+LAB_FORMAT = 5
 
 # Directories each gateway gets its own copy of (bind mounts from its disk).
 PRIVATE_DIRS = (Path("/root"), Path("/tmp"))
@@ -508,7 +508,7 @@ class VirtualLab:
                     "PermitRootLogin prohibit-password",
                     "PasswordAuthentication no",
                     "KbdInteractiveAuthentication no",
-                    "UsePAM no",
+                    "UsePAM yes",  # as the boards' images ship it
                     "PrintMotd no",
                     "PrintLastLog no",
                     "StrictModes no",
