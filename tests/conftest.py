@@ -2,15 +2,38 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
 from bench.gateway import ConnectedGateway
+from bench.lab.scpi_server import ResistiveLoad, ScpiPsuServer
 from bench.lab.virtual import VirtualLab
 from bench.rig import Rig, load_rig
 
 pytest_plugins = ["pytester"]
+
+
+@pytest.fixture
+def start_server(load: ResistiveLoad) -> Iterator[Callable[..., ScpiPsuServer]]:
+    """Start virtual SCPI supplies on 127.0.0.1 (the requesting module defines `load`)."""
+    servers: list[ScpiPsuServer] = []
+
+    def start(dialect: str = "keysight-e36300", **options: Any) -> ScpiPsuServer:
+        options.setdefault("backend", load)
+        server = ScpiPsuServer(dialect=dialect, **options).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def server(start_server: Callable[..., ScpiPsuServer]) -> ScpiPsuServer:
+    return start_server()
 
 
 @pytest.fixture(scope="session")

@@ -57,26 +57,6 @@ def load() -> ResistiveLoad:
 
 
 @pytest.fixture
-def start_server(load: ResistiveLoad) -> Iterator[Callable[..., ScpiPsuServer]]:
-    servers: list[ScpiPsuServer] = []
-
-    def start(dialect: str = "keysight-e36300", **options: Any) -> ScpiPsuServer:
-        options.setdefault("backend", load)
-        server = ScpiPsuServer(dialect=dialect, **options).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
-
-
-@pytest.fixture
-def server(start_server: Callable[..., ScpiPsuServer]) -> ScpiPsuServer:
-    return start_server()
-
-
-@pytest.fixture
 def psu(server: ScpiPsuServer) -> Iterator[ScpiPsu]:
     """A Keysight supply, channel 1 on at 5 V into the load (10 ohm: 0.5 A, 2.5 W)."""
     supply = open_psu("psu", instrument("keysight-e36300", server))

@@ -98,25 +98,6 @@ def load() -> ResistiveLoad:
     return ResistiveLoad({1: 10.0, 2: 40.0, 3: 40.0}, noise_a=0.002, seed=7)
 
 
-@pytest.fixture
-def start_server(load: ResistiveLoad) -> Iterator[Callable[..., ScpiPsuServer]]:
-    servers: list[ScpiPsuServer] = []
-
-    def start(dialect: str = "keysight-e36300", **options: Any) -> ScpiPsuServer:
-        server = ScpiPsuServer(dialect=dialect, backend=load, **options).start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.stop()
-
-
-@pytest.fixture
-def server(start_server: Callable[..., ScpiPsuServer]) -> ScpiPsuServer:
-    return start_server()
-
-
 @pytest.fixture(params=DRIVER_NAMES)
 def rig(
     request: pytest.FixtureRequest, start_server: Callable[..., ScpiPsuServer]
