@@ -10,6 +10,8 @@ from bench.errors import BenchError
 from bench.results import RunStore
 
 DEFAULT_RUNS_DIR = Path("reports/runs")
+# parameters that tell two records of one metric apart, shown in the summary
+CONTEXT_KEYS = ("model", "variant", "threads", "delegate")
 
 
 def resolve_run(run: str | Path, runs_dir: Path = DEFAULT_RUNS_DIR) -> Path:
@@ -67,11 +69,13 @@ def render_summary(run_dir: Path) -> str:
             lines.append("")
     measurements = store.measurements()
     if len(measurements):
-        lines += ["## Measurements", "", "| gateway | suite | metric | value | unit |",
-                  "|---|---|---|---|---|"]  # fmt: skip
+        lines += ["## Measurements", "", "| gateway | suite | metric | for | value | unit |",
+                  "|---|---|---|---|---|---|"]  # fmt: skip
         for _, row in measurements.iterrows():
+            params = row["parameters"] if isinstance(row["parameters"], dict) else {}
+            context = ", ".join(f"{k}={params[k]}" for k in CONTEXT_KEYS if k in params)
             lines.append(
-                f"| {row['gateway']} | {row['suite']} | {row['metric']} | "
+                f"| {row['gateway']} | {row['suite']} | {row['metric']} | {context} | "
                 f"{_fmt(row['value'])} | {row['unit']} |"
             )
         lines.append("")
