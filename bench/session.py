@@ -34,6 +34,7 @@ class BenchSession:
     unavailable: dict[str, str] = field(default_factory=dict)
     inventory: dict[str, dict[str, Any]] = field(default_factory=dict)
     supplies: dict[str, PowerSupply] = field(default_factory=dict)
+    booting: set[str] = field(default_factory=set)  # gateways this session powered on
     _guards: dict[str, SafeExitGuard] = field(default_factory=dict)
     _ports: list[SerialPort] = field(default_factory=list)
 
@@ -105,7 +106,7 @@ class BenchSession:
         """Open every supply, clear what a crashed run left (trips, stray outputs), and power
         the selected gateways at the rig's set-points with protections configured."""
         wired = {
-            (gw.power.instrument, gw.power.channel)
+            (gw.power.instrument, gw.power.channel): name
             for name in self.gateways
             if (gw := self.spec.gateway(name)).power is not None
         }
@@ -115,10 +116,14 @@ class BenchSession:
             try:
                 psu = open_supply(name, instrument)
                 self._guards[name] = safe_on_exit(psu)
+                was_on = {channel: psu.output_state(channel) for channel in instrument.channels}
                 psu.safe_state()
                 for channel in instrument.channels:
-                    if (name, channel) in wired:
+                    gateway = wired.get((name, channel))
+                    if gateway is not None:
                         psu.output(channel, True)
+                        if not was_on[channel]:
+                            self.booting.add(gateway)
             except BenchError as exc:
                 self.store.record_event(gateway=None, kind="instrument_failed", message=str(exc))
                 say(f"fieldrig: INFRASTRUCTURE ERROR supply {name} unavailable: {exc}")
@@ -145,7 +150,10 @@ class BenchSession:
         once as infrastructure events and the gateway's tests are skipped."""
 
         def probe(gw: ConnectedGateway) -> dict[str, Any]:
-            gw.connect(deadline_s=min(HEALTH_DEADLINE_S, gw.params.reconnect_deadline_s))
+            deadline = gw.params.reconnect_deadline_s  # a board just powered on is booting
+            if gw.name not in self.booting:
+                deadline = min(HEALTH_DEADLINE_S, deadline)
+            gw.connect(deadline_s=deadline)
             return collect_inventory(gw)
 
         if not self.gateways:

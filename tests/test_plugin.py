@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from bench.gateway import ConnectedGateway
+from bench.instruments.psu import open_psu
 from bench.lab.virtual import VirtualLab
-from bench.rig import load_rig
+from bench.rig import Rig, load_rig
 from bench.transport.ptyport import PtyDevice
 from tests.test_lab import leftovers, small_rig
 
@@ -277,3 +279,22 @@ def test_same_named_fixture_of_a_project_does_not_start_the_bench(
     result.assert_outcomes(passed=1)
     assert not (pytester.path / "reports").exists()
     assert "fieldrig run" not in result.stdout.str()
+
+
+def test_session_powers_on_a_gateway_left_off(
+    pytester: pytest.Pytester, lab: VirtualLab, virtual_rig: Rig
+) -> None:
+    """A board whose supply output a crashed run left off is powered on at session start,
+    waited for while it boots, and tested like the others."""
+    psu = open_psu("psu1", virtual_rig.instruments["psu1"])
+    try:
+        psu.output(3, False)
+        assert lab.status().gateways[2].power == "off"
+        pytester.makepyfile(test_one="def test_x(gateway):\n    assert gateway.run(['true']).ok\n")
+        result = pytester.runpytest_subprocess("--rig=virtual", "--gateway=gw3")
+        result.assert_outcomes(passed=1)
+        assert psu.output_state(3) is True  # and its declared safe state ("on") is kept
+    finally:
+        psu.output(3, True)
+        psu.close()
+    ConnectedGateway(virtual_rig.gateway("gw3")).connect(deadline_s=30)
