@@ -289,3 +289,46 @@ class Unpacker:
         chunk = self.data[self.pos :]
         self.pos = len(self.data)
         return chunk
+
+
+class Status(IntEnum):
+    """Spinel status codes (``SPINEL_STATUS_*``, the value of ``PROP_LAST_STATUS``)."""
+
+    OK = 0
+    FAILURE = 1
+    UNIMPLEMENTED = 2
+    INVALID_ARGUMENT = 3
+    INVALID_STATE = 4
+    INVALID_COMMAND = 5
+    INVALID_INTERFACE = 6
+    INTERNAL_ERROR = 7
+    SECURITY_ERROR = 8
+    PARSE_ERROR = 9
+    IN_PROGRESS = 10
+    NOMEM = 11
+    BUSY = 12
+    PROP_NOT_FOUND = 13
+    DROPPED = 14
+    EMPTY = 15
+    CMD_TOO_BIG = 16
+    NO_ACK = 17
+    CCA_FAILURE = 18
+    ALREADY = 19
+    ITEM_NOT_FOUND = 20
+    INVALID_COMMAND_FOR_PROP = 21
+    RESET_POWER_ON = 112
+    RESET_EXTERNAL = 113
+    RESET_SOFTWARE = 114
+    RESET_FAULT = 115
+    RESET_CRASH = 116
+    RESET_ASSERT = 117
+    RESET_OTHER = 118
+    RESET_UNKNOWN = 119
+    RESET_WATCHDOG = 120
+
+
+STATUS_RESET_BEGIN = 112
+STATUS_RESET_END = 128  # one past the last reset cause
+
+#: ``SPINEL_PROTOCOL_TYPE_*`` (the value of ``PROP_INTERFACE_TYPE``)
+PROTOCOL_TYPE_THREAD = 3
