@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,8 +12,16 @@ from bench.gateway import ConnectedGateway
 from bench.lab.scpi_server import ResistiveLoad, ScpiPsuServer
 from bench.lab.virtual import VirtualLab
 from bench.rig import Rig, load_rig
+from bench.transport.ptyport import PtyDevice
 
 pytest_plugins = ["pytester"]
+
+
+@pytest.fixture
+def device(tmp_path: Path) -> Iterator[PtyDevice]:
+    """A real pseudo-terminal published like a USB dongle under ``by-id/``."""
+    with PtyDevice(tmp_path / "by-id") as dev:
+        yield dev
 
 
 @pytest.fixture

@@ -19,12 +19,6 @@ from bench.transport.serial import SerialPort, SerialTimeout
 STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00"
 
 
-@pytest.fixture
-def device(tmp_path: Path) -> Iterator[PtyDevice]:
-    with PtyDevice(tmp_path / "by-id") as dev:
-        yield dev
-
-
 def start_thread(target: Callable[[], None]) -> threading.Thread:
     thread = threading.Thread(target=target, daemon=True)
     thread.start()

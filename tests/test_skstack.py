@@ -21,12 +21,6 @@ from bench.transport.serial import SerialPort
 
 
 @pytest.fixture
-def device(tmp_path: Path) -> Iterator[PtyDevice]:
-    with PtyDevice(tmp_path / "by-id") as dev:
-        yield dev
-
-
-@pytest.fixture
 def dongle(device: PtyDevice) -> Iterator[SkstackEmulator]:
     with SkstackEmulator(device, seed=1) as emulator:
         yield emulator

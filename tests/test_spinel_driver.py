@@ -32,12 +32,6 @@ from bench.transport.serial import SerialPort
 
 
 @pytest.fixture
-def device(tmp_path: Path) -> Iterator[PtyDevice]:
-    with PtyDevice(tmp_path / "by-id") as dev:
-        yield dev
-
-
-@pytest.fixture
 def ncp(device: PtyDevice) -> Iterator[SpinelEmulator]:
     with SpinelEmulator(device) as emulator:
         yield emulator

@@ -40,8 +40,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from types import TracebackType
 
+from bench.radio.emulator import EmulatorThread
 from bench.transport.ptyport import PtyDevice
 
 Responder = Callable[[int, bytes], bytes | None]
@@ -96,8 +96,10 @@ class _Fail(Exception):
         self.code = code
 
 
-class SkstackEmulator:
+class SkstackEmulator(EmulatorThread):
     """A BP35A1 answering SKSTACK-IP on ``device``; ``start()``/``stop()`` or a context."""
+
+    thread_name = "skstack-emulator"
 
     def __init__(
         self,
@@ -127,8 +129,7 @@ class SkstackEmulator:
         self.joined: str | None = None
         self._buf = bytearray()
         self._tty = device.tty_name
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__()
         self._write_lock = threading.Lock()
 
     @property
@@ -138,30 +139,6 @@ class SkstackEmulator:
         return ":".join(f"{g:04X}" for g in groups)
 
     # -- life cycle ------------------------------------------------------------------------
-
-    def start(self) -> None:
-        if self._thread is None:
-            self._stop.clear()
-            self._thread = threading.Thread(target=self._run, name="skstack-emulator", daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2.0)
-            self._thread = None
-
-    def __enter__(self) -> SkstackEmulator:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- output ----------------------------------------------------------------------------
 

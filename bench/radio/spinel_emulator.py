@@ -18,8 +18,8 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable
-from types import TracebackType
 
+from bench.radio.emulator import EmulatorThread
 from bench.radio.hdlc import HdlcDecoder, encode_frame
 from bench.radio.spinel import (
     PROTOCOL_TYPE_THREAD,
@@ -55,8 +55,10 @@ class PropertyError(Exception):
         self.status = status
 
 
-class SpinelEmulator:
+class SpinelEmulator(EmulatorThread):
     """An NCP answering Spinel on ``device``; ``start()``/``stop()`` or use as a context."""
+
+    thread_name = "spinel-emulator"
 
     def __init__(
         self,
@@ -89,8 +91,7 @@ class SpinelEmulator:
         self._malformed = 0
         self._inject: list[bytes] = []
         self._inject_lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__()
         self._plugged = device.plugged
         self.add_property(Prop.PROTOCOL_VERSION, self._get_protocol_version)
         self.add_property(Prop.NCP_VERSION, lambda: pack_utf8(self.ncp_version))
@@ -128,31 +129,6 @@ class SpinelEmulator:
         return self._malformed
 
     # -- running ------------------------------------------------------------------------
-
-    def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="spinel-emulator", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(2.0)
-            self._thread = None
-
-    def __enter__(self) -> SpinelEmulator:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _run(self) -> None:
         while not self._stop.is_set():
