@@ -46,6 +46,9 @@ from bench.errors import RigError
 __all__ = [
     "ATTENUATOR_DRIVERS",
     "PSU_DRIVERS",
+    "Attenuator",
+    "AttenuatorChannel",
+    "AttenuatorLink",
     "BackhaulLink",
     "Channel",
     "Gateway",
@@ -60,6 +63,7 @@ __all__ = [
     "SshDefaults",
     "SshEndpoint",
     "VirtualLabSpec",
+    "VirtualMesh",
     "load_rig",
     "parse_rig",
     "resolve_rig_path",
@@ -192,7 +196,11 @@ def _check_baudrate(rate: int) -> int:
 
 
 def _check_driver(driver: str) -> str:
-    if driver not in PSU_DRIVERS + ATTENUATOR_DRIVERS:
+    if driver in ATTENUATOR_DRIVERS:
+        raise ValueError(
+            f"{driver} is an RF attenuator; declare it under attenuators:, not instruments:"
+        )
+    if driver not in PSU_DRIVERS:
         raise ValueError(f"unknown instrument driver {_show(driver)}; valid drivers: {_DRIVERS}")
     return driver
 
@@ -233,9 +241,7 @@ def _lab_address(subnet: IPv4Network, index: int) -> IPv4Address | None:
     return subnet.network_address + host if index >= 0 and host < subnet.num_addresses - 1 else None
 
 
-_DRIVERS = (
-    f"{', '.join(PSU_DRIVERS)} (power supplies), {', '.join(ATTENUATOR_DRIVERS)} (attenuator)"
-)
+_DRIVERS = f"{', '.join(PSU_DRIVERS)} (power supplies)"
 _VISA = (
     "a VISA resource string such as TCPIP::192.168.10.20::5025::SOCKET, TCPIP::host::INSTR, "
     "USB0::0x2A8D::0x1102::SERIAL::INSTR or ASRL/dev/ttyUSB0::INSTR"
@@ -405,6 +411,13 @@ class PowerLink(_Model):
     channel: ChannelNumber
 
 
+class AttenuatorLink(_Model):
+    """Which attenuator channel sits between the dongle and its antenna."""
+
+    instrument: Annotated[Slug, Field(description="the name of an attenuator under attenuators")]
+    channel: ChannelNumber
+
+
 class RadioLink(_Model):
     """The radio dongle (mesh border router / Route-B) the gateway owns."""
 
@@ -414,11 +427,20 @@ class RadioLink(_Model):
         Field(description="a device path such as /dev/ttyUSB0 or a pyserial URL"),
     ]
     driver: Literal["spinel", "skstack"]
+    dialect: Literal["bp35a1", "bp35c0"] | None = Field(
+        default=None,
+        description="bp35a1 or bp35c0 (the SKSTACK-IP command set of a skstack dongle)",
+    )
     baudrate: Annotated[
         StrictInt,
         AfterValidator(_check_baudrate),
         Field(description=f"a standard baud rate ({', '.join(map(str, BAUDRATES))})"),
     ] = 115200
+    attenuator: AttenuatorLink | None = Field(
+        default=None,
+        description="a mapping with keys instrument, channel (the attenuator channel in line "
+        "with this dongle's antenna)",
+    )
 
 
 class NetnsBackhaul(_Model):
@@ -514,6 +536,57 @@ class Instrument(_Model):
         return self.driver in PSU_DRIVERS
 
 
+Decibels = Annotated[
+    StrictFloat | StrictInt,
+    Field(ge=0, le=200, allow_inf_nan=False, description="a number of dB from 0 to 200"),
+]
+
+
+class AttenuatorChannel(_Model):
+    """One attenuator channel: the most it may be set to and where it rests."""
+
+    max_db: Decibels
+    safe_db: Decibels = 0.0
+
+    @model_validator(mode="after")
+    def _within_limits(self) -> Self:
+        if self.safe_db > self.max_db:
+            message = (
+                f"{self.safe_db} dB is above max_db {self.max_db} dB of this channel; lower "
+                "safe_db or raise max_db"
+            )
+            raise _Problems([(("safe_db",), message)])
+        return self
+
+
+class Attenuator(_Model):
+    """A programmable RF attenuator (Mini-Circuits RCDAT family) reached through pyvisa."""
+
+    driver: Literal["minicircuits-rcdat"]
+    resource: Annotated[str, AfterValidator(_check_visa), Field(description=_VISA)]
+    channels: dict[ChannelNumber, AttenuatorChannel] = Field(
+        min_length=1, description="a mapping of channel number to channel (at least one)"
+    )
+
+
+class VirtualMesh(_Model):
+    """The simulated mesh the virtual lab puts behind every gateway's Spinel dongle."""
+
+    meters: Annotated[
+        StrictInt, Field(ge=1, le=5000, description="a number of meters from 1 to 5000")
+    ] = 200
+    seed: Annotated[StrictInt, Field(ge=0, description="an integer seed >= 0")] = 1
+    time_scale: Annotated[
+        StrictFloat | StrictInt,
+        Field(
+            gt=0,
+            le=100,
+            allow_inf_nan=False,
+            description="simulated seconds per wall second, above 0 and at most 100",
+        ),
+    ] = 1.0
+
+
 class VirtualLabSpec(_Model):
     """The virtual lab: one Linux machine plays every gateway (see bench.lab).
 
@@ -531,6 +604,10 @@ class VirtualLabSpec(_Model):
         AfterValidator(lambda p: None if p is None else _check_absolute(p)),
         Field(description="an absolute path to the python3 the gateways run"),
     ] = None
+    mesh: VirtualMesh = Field(
+        default_factory=VirtualMesh,
+        description="a mapping with keys meters, seed, time_scale (all optional)",
+    )
 
     @model_validator(mode="after")
     def _separate_subnets(self) -> Self:
@@ -590,6 +667,9 @@ class Rig(_Model):
     )
     instruments: dict[Slug, Instrument] = Field(
         default_factory=dict, description="a mapping of instrument name to instrument"
+    )
+    attenuators: dict[Slug, Attenuator] = Field(
+        default_factory=dict, description="a mapping of attenuator name to attenuator"
     )
     source_path: Path | None = Field(default=None, exclude=True)
     file_sha256: str = Field(default="", exclude=True)
@@ -693,6 +773,13 @@ def _place_in_lab(data: dict[str, Any], virtual: dict[str, Any]) -> dict[str, An
     state_dir = virtual.get("state_dir")
     if isinstance(state_dir, str | Path) and "ssh_defaults" in data:
         data["ssh_defaults"] = _interpolate(data["ssh_defaults"], str(state_dir))
+    if isinstance(state_dir, str | Path) and isinstance(data.get("gateways"), list):
+        data["gateways"] = [
+            {**g, "radio": _interpolate(g["radio"], str(state_dir))}
+            if isinstance(g, dict) and isinstance(g.get("radio"), dict)
+            else g
+            for g in data["gateways"]
+        ]
     subnets = [
         _as_subnet(virtual.get("management_subnet", DEFAULT_MANAGEMENT_SUBNET)),
         _as_subnet(virtual.get("backhaul_subnet", DEFAULT_BACKHAUL_SUBNET)),
@@ -748,8 +835,8 @@ def _power_problems(rig: Rig) -> Iterator[tuple[Loc, str]]:
         instrument = rig.instruments.get(name)
         if instrument is None or not instrument.is_psu:
             what = f"no instrument {name!r} in this rig"
-            if instrument is not None:
-                what = f"instrument {name!r} is a {instrument.driver} attenuator, not a supply"
+            if name in rig.attenuators:
+                what = f"{name!r} is an attenuator, not a supply"
             valid = f"power supplies here: {', '.join(psus)}"
             if not psus:
                 valid = "declare a power supply under instruments:"
@@ -772,6 +859,7 @@ def _power_problems(rig: Rig) -> Iterator[tuple[Loc, str]]:
 
 def _radio_problems(rig: Rig) -> Iterator[tuple[Loc, str]]:
     owners: dict[str, str] = {}
+    users: dict[tuple[str, int], str] = {}
     for i, gateway in enumerate(rig.gateways):
         if gateway.radio is None:
             continue
@@ -783,6 +871,37 @@ def _radio_problems(rig: Rig) -> Iterator[tuple[Loc, str]]:
                 "belongs to one gateway",
             )
         owners.setdefault(port, gateway.name)
+        yield from _attenuator_problems(rig, i, gateway.radio.attenuator, users)
+
+
+def _attenuator_problems(
+    rig: Rig, i: int, link: AttenuatorLink | None, users: dict[tuple[str, int], str]
+) -> Iterator[tuple[Loc, str]]:
+    if link is None:
+        return
+    loc: Loc = ("gateways", i, "radio", "attenuator")
+    attenuator = rig.attenuators.get(link.instrument)
+    if attenuator is None:
+        names = ", ".join(rig.attenuators) or "none; declare one under attenuators:"
+        yield (
+            (*loc, "instrument"),
+            f"no attenuator {link.instrument!r} in this rig; attenuators here: {names}",
+        )
+    elif link.channel not in attenuator.channels:
+        channels = ", ".join(map(str, sorted(attenuator.channels)))
+        yield (
+            (*loc, "channel"),
+            f"attenuator {link.instrument!r} has no channel {link.channel}; channels are "
+            f"{channels}",
+        )
+    elif (link.instrument, link.channel) in users:
+        yield (
+            (*loc, "channel"),
+            f"{link.instrument} channel {link.channel} is already in line with the radio of "
+            f"gateway {users[link.instrument, link.channel]!r}; give each radio its own channel",
+        )
+    else:
+        users[link.instrument, link.channel] = rig.gateways[i].name
 
 
 def _virtual_problems(rig: Rig) -> Iterator[tuple[Loc, str]]:

@@ -80,7 +80,8 @@ def test_virtual_rig_loads() -> None:
     assert gw1.backhaul is not None and gw1.backhaul.netns is not None
     assert gw1.backhaul.netns.namespace == "fr-virtual-gw1"
     assert gw1.backhaul.netns.interface == "wan0"
-    assert gw1.capabilities == {"ssh", "psu", "backhaul"}
+    assert gw1.capabilities == {"ssh", "psu", "backhaul", "radio"}
+    assert gw1.radio is not None and gw1.radio.port == "/var/lib/fieldrig/virtual/radio/gw1"
     assert gw1.power is not None and (gw1.power.instrument, gw1.power.channel) == ("psu1", 1)
     psu = rig.instruments["psu1"]
     assert psu.resource == "TCPIP::127.0.0.1::5025::SOCKET" and psu.is_psu
