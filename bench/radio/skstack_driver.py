@@ -1,18 +1,37 @@
-"""Driver for SKSTACK-IP Wi-SUN Route-B dongles (ROHM BP35A1 dialect) over any serial URL.
+"""Driver for SKSTACK-IP Wi-SUN Route-B dongles (ROHM BP35A1 / BP35C0 dialects) on a serial URL.
 
 The command set and formats follow the ROHM "BP35A1 command reference (SKSTACK IP for
 HAN)", as cited by public clients: smdn/Smdn.Net.SkStackIP (``SkStackClient.Commands.
 SKSENDTO.cs``: ``SKSENDTO handle ipaddr port(4 hex) sec datalen(4 hex) data`` with no CRLF
 after the raw data, length 1..0x04D0; ERXUDP ``sender dest rport lport senderlla secured
-datalen data``; EVENT ``nn sender [param]``), yakumo-saki/b-route-reader-go
-(``src/bp35a1/const.go``: ``EVENT 22`` ends a scan, ``EPANDESC`` keys, ``EVENT 25`` PANA
-success) and a BP35C0 client (FAIL codes ER04 unsupported command, ER05 wrong argument
+datalen data``; EVENT ``nn sender [param]``; EVENT 21 param 0 ok / 1 failed / 2 neighbour
+solicitation done; 3.8 SKPING and 4.2 EPONG; registers SFB "sending restricted" and SFD
+"accumulated send time in ms", both read-only; ``SkStackLQI``: RSSI = 0.275 * LQI - 104.27
+dBm), yakumo-saki/b-route-reader-go (``EVENT 22`` ends a scan, ``EPANDESC`` keys, ``EVENT 25``
+PANA success) and a BP35C0 client (FAIL codes ER04 unsupported command, ER05 wrong argument
 count, ER06 format or range, ER09 UART input error, ER10 execution failed).
 
-BP35A1 dialect only: the BP35C0's extra ``<side>`` field (SKSCAN, SKSENDTO, EVENT 21,
-ERXUDP) is not sent and not expected. Lines that start with ``SK`` are echoes of our own
-commands (SFE=1) and are never taken as replies. Unsolicited ``EVENT`` and ``ERXUDP`` lines
-are queued in ``driver.events`` until something consumes them.
+Dialects (``dialect=``): ``bp35a1`` as above. ``bp35c0`` (BP35C0 / BP35C2 / RL7023-11 type
+"HAN dual" stacks) adds a ``<side>`` field (0 B-route, 1 HAN), per a public Zig BP35C0 client
+(``SKSCAN mode mask duration side``, ``SKSENDTO handle ip port sec side len data``, ``EVENT nn
+sender side [param]``, ``ERXUDP sender dest rport lport lla secured side len data``, an
+``  Side:`` line in EPANDESC) and a TypeScript Route-B client that sends the side field only
+for BP35C0/C2. The dialect is NOT detected: SKVER is no tell (an RL7023-11 needing the side
+field reports ``EVER 1.2.8`` like a BP35A1), so the caller says which; a ``FAIL ER05`` to
+SKSCAN / SKSENDTO names the other dialect as the likely cause (a BP35C2 answers SKSCAN without
+side with ER05, hsakoh/broute-mqtt issue 2). SKPING is sent only in the bp35a1 dialect: its
+BP35C0 form could not be verified.
+
+Transmit-time limit (ARIB STD-T108 total send time per hour): ``EVENT 32`` says the limit is
+active and, per the BP35A1 reference p.51 as quoted by a public audit, every send request is
+then cancelled inside the stack; ``EVENT 33`` says it is lifted. The driver keeps this in
+``transmit_limited``; a cancelled send shows up as ``EVENT 21 .. 01`` (SKSENDTO itself is
+accepted with OK, it is not refused with FAIL).
+
+Lines that start with ``SK`` are echoes of our own commands (SFE=1) and never replies.
+Unsolicited ``EVENT``/``ERXUDP``/``EPONG`` lines are queued in ``driver.events`` until consumed;
+the session / limit state and the counters in ``driver.stats`` are updated as lines arrive.
+ERXUDP data is expected as hex text (the BP35A1 default; ``WOPT 01`` on a BP35C0).
 """
 
 from __future__ import annotations
@@ -21,10 +40,14 @@ import collections
 import contextlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 from bench.errors import BenchError, TransportError
 from bench.transport.serial import SerialPort, SerialTimeout
+
+Dialect = Literal["bp35a1", "bp35c0"]
+DIALECTS: tuple[str, ...] = get_args(Dialect)
 
 FAIL_CODES = {
     4: "unsupported command",
@@ -39,7 +62,21 @@ EVENT_UDP_SENT = 0x21
 EVENT_SCAN_DONE = 0x22
 EVENT_PANA_FAIL = 0x24
 EVENT_PANA_OK = 0x25
+EVENT_PANA_TERM_REQUESTED = 0x26
+EVENT_PANA_TERMINATED = 0x27
+EVENT_PANA_TERM_TIMEOUT = 0x28
 EVENT_SESSION_EXPIRED = 0x29
+EVENT_TX_LIMIT_ON = 0x32
+EVENT_TX_LIMIT_OFF = 0x33
+
+UDP_SEND_OK = 0
+UDP_SEND_FAILED = 1
+UDP_SEND_AFTER_NS = 2
+"""EVENT 21 parameter 2: the stack sent a neighbour solicitation (the datagram's fate is open)."""
+
+MAX_UDP = 0x04D0
+_SESSION_ENDS = (EVENT_PANA_TERM_REQUESTED, EVENT_PANA_TERMINATED, EVENT_PANA_TERM_TIMEOUT)
+_DIALECT_HINT_COMMANDS = ("SKSCAN", "SKSENDTO")
 
 
 class SkstackError(BenchError):
@@ -51,17 +88,23 @@ class SkstackError(BenchError):
         self.code = code
 
 
+class SkstackUsageError(BenchError, ValueError):
+    """A driver argument is invalid (checked before anything is written to the dongle)."""
+
+
 class SkstackTimeout(TransportError):
     """The dongle did not answer in time; the message names the port and the command."""
 
 
 @dataclass(frozen=True)
 class SkEvent:
-    """``EVENT nn sender [param]`` (code as the hex number the dongle prints)."""
+    """``EVENT nn sender [side] [param]`` (code as the hex number the dongle prints)."""
 
     code: int
     sender: str
     param: int | None = None
+    side: int | None = None
+    """Only in the bp35c0 dialect."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +118,9 @@ class UdpDatagram:
     sender_lla: str
     secured: bool
     data: bytes
+    side: int | None = None
+    received_ns: int = field(default=0, compare=False)
+    """``time.monotonic_ns()`` when the line was read."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +133,24 @@ class PanDescriptor:
     addr: str
     lqi: int
     pair_id: str | None = None
+    side: int | None = None
+
+    @property
+    def rssi_dbm(self) -> float:
+        """RSSI from LQI: 0.275 * LQI - 104.27 dBm (BP35A1 reference 4.6)."""
+        return lqi_to_rssi(self.lqi)
+
+    @property
+    def ipv6(self) -> str:
+        """The coordinator's link-local address (what SKLL64 would answer)."""
+        return link_local_address(self.addr)
+
+
+@dataclass(frozen=True)
+class Pong:
+    """``EPONG sender``: an ICMP echo reply to SKPING."""
+
+    sender: str
 
 
 @dataclass(frozen=True)
@@ -98,7 +162,28 @@ class SkInfo:
     addr16: int
 
 
-Item = SkEvent | UdpDatagram | PanDescriptor
+Item = SkEvent | UdpDatagram | PanDescriptor | Pong
+
+
+def lqi_to_rssi(lqi: int) -> float:
+    return 0.275 * lqi - 104.27
+
+
+def link_local_address(mac: str) -> str:
+    """FE80::/64 with the EUI-64 (U/L bit flipped), as SKSTACK prints it: 8 groups of 4 hex."""
+    if len(mac) != 16 or not _is_hex(mac):
+        raise SkstackUsageError(f"MAC must be 16 hex digits, got {mac!r}")
+    iid = int(mac, 16) ^ (1 << 57)
+    groups = [0xFE80, 0, 0, 0] + [(iid >> s) & 0xFFFF for s in (48, 32, 16, 0)]
+    return ":".join(f"{g:04X}" for g in groups)
+
+
+def _is_hex(text: str) -> bool:
+    try:
+        int(text, 16)
+    except ValueError:
+        return False
+    return True
 
 
 def _command_name(command: str) -> str:
@@ -106,12 +191,29 @@ def _command_name(command: str) -> str:
 
 
 class SkstackDriver:
-    """SKSTACK-IP commands on an open ``SerialPort``."""
+    """SKSTACK-IP commands on an open ``SerialPort`` in one dialect (see the module doc)."""
 
-    def __init__(self, port: SerialPort) -> None:
+    def __init__(self, port: SerialPort, *, dialect: Dialect = "bp35a1", side: int = 0) -> None:
+        if dialect not in DIALECTS:
+            raise SkstackUsageError(
+                f"unknown SKSTACK dialect {dialect!r}; use one of {', '.join(DIALECTS)}"
+            )
+        if side not in (0, 1):
+            raise SkstackUsageError(f"side must be 0 (B-route) or 1 (HAN), got {side}")
         self.port = port
+        self.dialect: Dialect = dialect
+        self.side = side
         self.events: collections.deque[Item] = collections.deque(maxlen=1000)
+        self.session_peer: str | None = None
+        """The PANA peer after EVENT 25, None again after EVENT 26/27/28/29."""
+        self.transmit_limited = False
+        """True between EVENT 32 and EVENT 33 (ARIB transmit-time limit active)."""
+        self.stats: collections.Counter[str] = collections.Counter()
         self._pan: dict[str, str] | None = None
+
+    @property
+    def _c0(self) -> bool:
+        return self.dialect == "bp35c0"
 
     # -- line handling ---------------------------------------------------------------------
 
@@ -135,8 +237,58 @@ class SkstackDriver:
                     addr=pan["Addr"].upper(),
                     lqi=int(pan.get("LQI", "0"), 16),
                     pair_id=pan.get("PairID"),
+                    side=int(pan["Side"], 16) if "Side" in pan else None,
                 )
             )
+
+    def _note(self, event: SkEvent) -> None:
+        """Keep the session / limit state and the counters in step with ``event``."""
+        code = event.code
+        if code == EVENT_UDP_SENT:
+            key = {UDP_SEND_OK: "udp_sent", UDP_SEND_FAILED: "udp_send_failed"}
+            self.stats[key.get(event.param or 0, "udp_sent_after_ns")] += 1
+        elif code == EVENT_PANA_OK:
+            self.session_peer = event.sender
+            self.stats["pana_joined"] += 1
+        elif code == EVENT_PANA_FAIL:
+            self.stats["pana_failed"] += 1
+        elif code == EVENT_SESSION_EXPIRED:
+            self.session_peer = None
+            self.stats["session_expired"] += 1
+        elif code in _SESSION_ENDS:
+            self.session_peer = None
+            self.stats["session_terminated"] += 1
+        elif code == EVENT_TX_LIMIT_ON:
+            self.transmit_limited = True
+            self.stats["transmit_limit_on"] += 1
+        elif code == EVENT_TX_LIMIT_OFF:
+            self.transmit_limited = False
+            self.stats["transmit_limit_off"] += 1
+
+    def _event(self, words: list[str]) -> SkEvent:
+        """``EVENT nn sender [param]`` (bp35a1) or ``EVENT nn sender side [param]`` (bp35c0)."""
+        code = int(words[1], 16)
+        sender = words[2].upper() if len(words) > 2 else ""
+        rest = [int(w, 16) for w in words[3:5]]
+        side = rest.pop(0) if self._c0 and rest else None
+        return SkEvent(code, sender, rest[0] if rest else None, side)
+
+    def _datagram(self, words: list[str]) -> UdpDatagram | None:
+        fields = 10 if self._c0 else 9
+        if len(words) < fields:
+            return None
+        side = int(words[7], 16) if self._c0 else None
+        return UdpDatagram(
+            sender=words[1].upper(),
+            dest=words[2].upper(),
+            rport=int(words[3], 16),
+            lport=int(words[4], 16),
+            sender_lla=words[5].upper(),
+            secured=words[6] == "1",
+            data=bytes.fromhex(words[fields - 1]),
+            side=side,
+            received_ns=time.monotonic_ns(),
+        )
 
     def _classify(self, line: str) -> str | None:
         """Queue events; return the line if it is a reply, None if consumed or an echo."""
@@ -149,34 +301,24 @@ class SkstackDriver:
         if not line or line.startswith("SK"):
             return None
         words = line.split()
-        if words[0] == "EPANDESC":
-            self._pan = {}
-            return None
-        if words[0] == "EVENT" and len(words) >= 3:
-            try:
-                code = int(words[1], 16)
-                param = int(words[3], 16) if len(words) > 3 else None
-            except ValueError:
+        head = words[0]
+        try:
+            if head == "EPANDESC":
+                self._pan = {}
+            elif head == "EVENT" and len(words) >= 2:
+                event = self._event(words)
+                self._note(event)
+                self.events.append(event)
+            elif head == "ERXUDP" and (datagram := self._datagram(words)) is not None:
+                self.stats["udp_received"] += 1
+                self.events.append(datagram)
+            elif head == "EPONG" and len(words) >= 2:
+                self.events.append(Pong(words[1].upper()))
+            else:
                 return line
-            self.events.append(SkEvent(code, words[2].upper(), param))
-            return None
-        if words[0] == "ERXUDP" and len(words) >= 9:
-            try:
-                self.events.append(
-                    UdpDatagram(
-                        sender=words[1].upper(),
-                        dest=words[2].upper(),
-                        rport=int(words[3], 16),
-                        lport=int(words[4], 16),
-                        sender_lla=words[5].upper(),
-                        secured=words[6] == "1",
-                        data=bytes.fromhex(words[8]),
-                    )
-                )
-            except ValueError:
-                return line
-            return None
-        return line
+        except ValueError:
+            return line
+        return None
 
     def _read(self, deadline: float, command: str, timeout: float, what: str) -> str | None:
         try:
@@ -185,16 +327,40 @@ class SkstackDriver:
             raise self._timeout(command, timeout, what) from None
         return self._classify(line)
 
+    def poll_line(self, timeout: float = 0.0) -> bool:
+        """Read and classify at most one line; False when none arrived within ``timeout``."""
+        try:
+            line = self.port.read_line(timeout)
+        except SerialTimeout:
+            return False
+        self._classify(line)
+        return True
+
     def poll(self, timeout: float = 0.0) -> list[Item]:
-        """Read whatever arrives within ``timeout``; return (and keep) the queued events."""
+        """Read whatever arrives within ``timeout`` (with 0: what is waiting at the port);
+        return (and keep) the queued events."""
         deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = self.port.read_line(max(0.0, deadline - time.monotonic()))
-            except SerialTimeout:
-                break
-            self._classify(line)
+        wait = max(timeout, 0.001)  # a positive wait reads the port at least once
+        while self.poll_line(wait):
+            wait = max(0.0, deadline - time.monotonic())
         return list(self.events)
+
+    def _fail(self, command: str, line: str) -> SkstackError:
+        try:
+            code = int(line[7:9])
+        except ValueError:
+            code = 0
+        name = _command_name(command)
+        message = (
+            f"{self.port.label}: {name} failed: {line} ({FAIL_CODES.get(code, 'unknown error')})"
+        )
+        if code == 5 and name in _DIALECT_HINT_COMMANDS:
+            other = "bp35a1" if self._c0 else "bp35c0"
+            message += (
+                f"; the driver speaks the {self.dialect} dialect, the dongle may speak {other} "
+                f"(pass dialect={other!r})"
+            )
+        return SkstackError(message, name, code)
 
     def command(self, command: str, timeout: float = 2.0, data: bytes | None = None) -> list[str]:
         """Send ``command`` (and raw ``data`` after it, no CRLF); the reply lines before OK."""
@@ -211,16 +377,7 @@ class SkstackDriver:
             if line == "OK":
                 return replies
             if line.startswith("FAIL ER"):
-                try:
-                    code = int(line[7:9])
-                except ValueError:
-                    code = 0
-                meaning = FAIL_CODES.get(code, "unknown error")
-                raise SkstackError(
-                    f"{self.port.label}: {_command_name(command)} failed: {line} ({meaning})",
-                    _command_name(command),
-                    code,
-                )
+                raise self._fail(command, line)
             replies.append(line)
 
     def wait_for(
@@ -256,14 +413,40 @@ class SkstackDriver:
                 )
         raise SkstackError(f"{self.port.label}: SKINFO answered OK without EINFO", "SKINFO")
 
+    def read_register(self, name: str, timeout: float = 2.0) -> str:
+        """``SKSREG name`` -> the value of ``ESREG value`` as text."""
+        for line in self.command(f"SKSREG {name}", timeout):
+            if line.startswith("ESREG "):
+                return line[6:].strip()
+        raise SkstackError(f"{self.port.label}: SKSREG {name} answered OK without ESREG", "SKSREG")
+
+    def set_register(self, name: str, value: str, timeout: float = 2.0) -> None:
+        self.command(f"SKSREG {name} {value}", timeout)
+
     def set_echo(self, enabled: bool, timeout: float = 2.0) -> None:
-        self.command(f"SKSREG SFE {1 if enabled else 0}", timeout)
+        self.set_register("SFE", "1" if enabled else "0", timeout)
+
+    def set_credentials(self, rbid: str, password: str, timeout: float = 2.0) -> None:
+        """SKSETRBID (the 32-character Route-B ID) and SKSETPWD (1..32 characters)."""
+        if len(rbid) != 32 or not rbid.isascii() or not rbid.isalnum():
+            raise SkstackUsageError(
+                f"Route-B ID must be 32 letters or digits, got {len(rbid)} characters"
+            )
+        if not 1 <= len(password) <= 32 or not password.isascii() or " " in password:
+            raise SkstackUsageError(
+                f"Route-B password must be 1..32 ASCII characters without spaces, "
+                f"got {len(password)}"
+            )
+        self.command(f"SKSETRBID {rbid}", timeout)
+        self.command(f"SKSETPWD {len(password):X} {password}", timeout)
 
     def scan(
         self, duration: int = 4, timeout: float = 10.0, channel_mask: int = 0xFFFFFFFF
     ) -> list[PanDescriptor]:
         """Active scan with IE (mode 2); the PANs found before ``EVENT 22``."""
         command = f"SKSCAN 2 {channel_mask:08X} {duration:X}"
+        if self._c0:
+            command += f" {self.side}"
         deadline = time.monotonic() + timeout
         self.command(command, timeout)
         self.wait_for(
@@ -309,11 +492,15 @@ class SkstackDriver:
         handle: int = 1,
         sec: int = 1,
     ) -> bool:
-        """SKSENDTO; True when ``EVENT 21 ipv6 00`` says the datagram went out."""
-        if not 1 <= len(data) <= 0x04D0:
-            raise ValueError(f"UDP payload must be 1..1232 bytes, got {len(data)}")
+        """SKSENDTO; True when ``EVENT 21 ipv6 00`` says the datagram went out.
+
+        False on ``01`` (also while the transmit-time limit is active) and on ``02``.
+        """
+        if not 1 <= len(data) <= MAX_UDP:
+            raise SkstackUsageError(f"UDP payload must be 1..{MAX_UDP} bytes, got {len(data)}")
         ipv6 = ipv6.upper()
-        command = f"SKSENDTO {handle:X} {ipv6} {port:04X} {sec:X} {len(data):04X}"
+        side = f" {self.side}" if self._c0 else ""
+        command = f"SKSENDTO {handle:X} {ipv6} {port:04X} {sec:X}{side} {len(data):04X}"
         deadline = time.monotonic() + timeout
         self.command(command, timeout, data)
         event = self.wait_for(
@@ -323,7 +510,7 @@ class SkstackDriver:
             "EVENT 21",
         )
         assert isinstance(event, SkEvent)
-        return event.param == 0
+        return event.param == UDP_SEND_OK
 
     def request(self, ipv6: str, port: int, data: bytes, timeout: float = 5.0) -> bytes | None:
         """Send ``data`` and return the meter's answer; None if not sent or no answer in time."""
@@ -342,3 +529,24 @@ class SkstackDriver:
             return None
         assert isinstance(answer, UdpDatagram)
         return answer.data
+
+    def ping(self, ipv6: str, timeout: float = 5.0) -> bool:
+        """SKPING (bp35a1 dialect only); True when ``EPONG ipv6`` arrives within ``timeout``."""
+        if self._c0:
+            raise SkstackUsageError(
+                "SKPING is only supported in the bp35a1 dialect (its BP35C0 form is unverified)"
+            )
+        ipv6 = ipv6.upper()
+        command = f"SKPING {ipv6}"
+        deadline = time.monotonic() + timeout
+        self.command(command, timeout)
+        try:
+            self.wait_for(
+                lambda i: isinstance(i, Pong) and i.sender == ipv6,
+                max(0.0, deadline - time.monotonic()),
+                command,
+                "EPONG",
+            )
+        except SkstackTimeout:
+            return False
+        return True

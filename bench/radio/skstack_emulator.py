@@ -1,56 +1,90 @@
-"""An emulated SKSTACK-IP Wi-SUN Route-B dongle (ROHM BP35A1 dialect) on a pseudo-terminal.
+"""An emulated SKSTACK-IP Wi-SUN Route-B dongle (ROHM BP35A1 or BP35C0) on a pseudo-terminal.
 
 ``SkstackEmulator`` runs a thread on a ``PtyDevice`` and answers the ASCII command set the
-way a BP35A1 does on its UART (115200 baud, lines end CRLF). Formats follow the ROHM
-"BP35A1 command reference (SKSTACK IP for HAN)" as cited by public clients:
-smdn/Smdn.Net.SkStackIP (``SkStackClient.Commands.SKSENDTO.cs``: handle, IPADDR, PORT as
-4 hex digits, SEC, DATALEN as 4 hex digits, then the raw data *without* CRLF; data length
-1..0x04D0; ``SkStackEventParser`` for ERXUDP / EVENT), yakumo-saki/b-route-reader-go
-(``src/bp35a1/const.go``: ``EVENT 22`` ends SKSCAN, ``EPANDESC`` block keys ``Channel:``,
-``Channel Page:``, ``Pan ID:``, ``Addr:``, ``LQI:``, ``PairID:``, ``EVENT 25`` ends SKJOIN,
-``FAIL ER``), and a BP35C0 Zig client (error codes ER04 command not supported, ER05 invalid
-argument, ER06 invalid format or out of range, ER09 UART input error, ER10 execution failed).
+way the dongle does on its UART (115200 baud, lines end CRLF). Formats and sources are those
+of :mod:`bench.radio.skstack_driver` (ROHM BP35A1 command reference as cited by
+smdn/Smdn.Net.SkStackIP and yakumo-saki/b-route-reader-go; the BP35C0 ``<side>`` field as
+used by public BP35C0 clients).
 
-Dialect: BP35A1 only. The BP35C0 adds a ``<side>`` parameter (0 B-route, 1 HAN) to SKSCAN,
-SKSENDTO, EVENT 21 and ERXUDP; this emulator neither sends nor accepts it, so it is
-consistent with the driver in :mod:`bench.radio.skstack_driver`.
+``dialect="bp35a1"`` (default) or ``"bp35c0"``; the BP35C0 adds ``<side>`` (0 B-route,
+1 HAN) to SKSCAN, SKSENDTO, every EVENT line (``EVENT nn sender side [param]``), ERXUDP
+(after ``secured``) and an ``  Side:`` line in EPANDESC; SKSCAN / SKSENDTO without it fail
+with ER05 (as a BP35C2 does). SKPING exists only in the bp35a1 emulation (ER04 otherwise).
 
 What it does:
 
 - echoes every command line while register SFE is 1 (``SKSREG SFE 0`` turns it off; the
   ``SKSREG SFE 0`` line itself is still echoed, as on the device; SKSENDTO echoes its
-  header only),
+  header only; a BP35C0 with SFE 0 starts its SKSENDTO answer with an empty line),
 - ``SKVER`` -> ``EVER x.y.z`` + ``OK``; ``SKINFO`` -> ``EINFO ipv6 mac ch panid addr16`` +
-  ``OK``; ``SKSREG reg [val]`` (``ESREG val`` when reading),
-- ``SKSCAN mode mask duration`` -> ``OK``, then ``EVENT 20`` + ``EPANDESC`` block for the
-  configured meter PAN, then ``EVENT 22``,
+  ``OK``; ``SKSREG reg [val]`` (``ESREG val`` when reading; SFB and SFD are read-only:
+  transmit-limited flag and accumulated send time in ms),
+- ``SKSETRBID id`` / ``SKSETPWD len pwd``: stored; with ``rbid`` / ``password`` configured,
+  SKJOIN succeeds only when they match,
+- ``SKSCAN mode mask duration [side]`` -> ``OK``, ``EVENT 20`` + ``EPANDESC`` block for the
+  configured meter PAN (B-route side only), then ``EVENT 22``,
 - ``SKJOIN ipv6`` -> ``OK`` then ``EVENT 25`` (PANA success) or ``EVENT 24`` (``join_ok``),
-- ``SKSENDTO`` -> ``EVENT 21 ipv6 00`` (or ``01`` with probability ``send_fail_probability``
-  drawn from a seeded RNG), ``OK``, and when delivered and the responder answers, an
-  ``ERXUDP sender dest rport lport senderlla secured datalen data`` line (data as hex),
+- ``SKSENDTO`` -> ``EVENT 21 ipv6 [side] 00`` (or ``01`` with probability
+  ``send_fail_probability`` from a seeded RNG, and always while the transmit-time limit is
+  active), ``OK``, then - when delivered, the responder answers and the answer is not dropped
+  (``answer_drop_probability``, its own seeded RNG) - an ``ERXUDP`` line (data as hex)
+  ``answer_delay_s`` later, without holding up other commands,
+- ``SKPING ipv6`` (bp35a1) -> ``OK`` then ``EPONG ipv6`` when the meter is reachable,
+- transmit-time limit: every delivered datagram costs airtime (802.15.4g 2-FSK at 100 kbit/s,
+  payload plus ``FRAME_OVERHEAD_OCTETS``); when the airtime sent within ``limit_window_s``
+  reaches ``airtime_budget_s`` (ARIB STD-T108: 360 s per hour; None = no limit) it sends
+  ``EVENT 32``, cancels sends (EVENT 21 .. 01) and sends ``EVENT 33`` once the window has
+  slid far enough,
 - ``expire_session()`` sends ``EVENT 29``; ``FAIL ER04`` / ``ER05`` / ``ER06`` for unknown
-  commands, wrong argument counts and values out of range; ``silent`` makes it a hung dongle.
+  commands, wrong argument counts and values out of range; ``silent`` makes it a hung dongle;
+  ``meter_in_range = False`` hides the meter (no beacon, EVENT 24, sends to it fail);
+  ``dropped_requests`` lists the requests whose answers were dropped.
+
+The default responder is :class:`bench.radio.echonet.SmartMeter` (a meter answering ECHONET
+Lite Get for EPC 0x80 / 0xE7 on UDP 3610).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import heapq
 import random
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from bench.mesh.airtime import frame_airtime_s
+from bench.radio.echonet import SmartMeter
 from bench.radio.emulator import EmulatorThread
+from bench.radio.skstack_driver import DIALECTS, Dialect, SkstackUsageError, link_local_address
 from bench.transport.ptyport import PtyDevice
 
 Responder = Callable[[int, bytes], bytes | None]
 """Called with (destination port, request data); returns the meter's answer or None."""
+Handler = Callable[[list[str], bytes | None], None]
 
 _READ_S = 0.02
-_SENDTO_FIELDS = 6  # SKSENDTO handle ipaddr port sec datalen, then the data
 _MAX_UDP = 0x04D0
 _UDP_PORTS = {1: 0x0E1A, 2: 0x0E1B, 3: 0x02CC, 4: 0, 5: 0, 6: 0}  # BP35A1 default handles
+ROUTE_B_RATE_BPS = 100_000
+FRAME_OVERHEAD_OCTETS = 40
+"""MAC header + 6LoWPAN/UDP headers + FCS/MIC around a datagram: an approximation."""
+ARIB_BUDGET_S = 360.0
+ARIB_WINDOW_S = 3600.0
+
+DEFAULT_METER = SmartMeter()
+
+
+def echo_responder(port: int, data: bytes) -> bytes | None:
+    """A peer that answers every request with the same bytes."""
+    return data
+
+
+def datagram_airtime_s(payload_len: int) -> float:
+    """Airtime of one Route-B datagram of ``payload_len`` bytes (see FRAME_OVERHEAD_OCTETS)."""
+    return frame_airtime_s(payload_len + FRAME_OVERHEAD_OCTETS, ROUTE_B_RATE_BPS)
 
 
 @dataclass
@@ -67,14 +101,7 @@ class MeterPan:
     @property
     def ipv6(self) -> str:
         """The meter's link-local address: FE80::/64 with the MAC's U/L bit flipped."""
-        iid = int(self.mac, 16) ^ (1 << 57)
-        groups = [0xFE80, 0, 0, 0] + [(iid >> s) & 0xFFFF for s in (48, 32, 16, 0)]
-        return ":".join(f"{g:04X}" for g in groups)
-
-
-def echo_responder(port: int, data: bytes) -> bytes | None:
-    """The default meter: answers every request with the same bytes."""
-    return data
+        return link_local_address(self.mac)
 
 
 def _valid_ipv6(text: str) -> bool:
@@ -97,7 +124,7 @@ class _Fail(Exception):
 
 
 class SkstackEmulator(EmulatorThread):
-    """A BP35A1 answering SKSTACK-IP on ``device``; ``start()``/``stop()`` or a context."""
+    """A BP35A1 / BP35C0 answering SKSTACK-IP on ``device``; ``start()``/``stop()`` or a context."""
 
     thread_name = "skstack-emulator"
 
@@ -105,28 +132,68 @@ class SkstackEmulator(EmulatorThread):
         self,
         device: PtyDevice,
         *,
+        dialect: Dialect = "bp35a1",
         version: str = "1.2.10",
         mac: str = "001D129000003C89",
         meter: MeterPan | None = None,
         join_ok: bool = True,
+        rbid: str | None = None,
+        password: str | None = None,
         send_fail_probability: float = 0.0,
         seed: int = 0,
-        responder: Responder | None = echo_responder,
+        responder: Responder | None = DEFAULT_METER,
+        answer_drop_probability: float = 0.0,
+        answer_delay_s: float = 0.0,
+        airtime_budget_s: float | None = None,
+        limit_window_s: float = ARIB_WINDOW_S,
         scan_delay_s: float = 0.05,
     ) -> None:
+        if dialect not in DIALECTS:
+            raise SkstackUsageError(
+                f"unknown SKSTACK dialect {dialect!r}; use one of {', '.join(DIALECTS)}"
+            )
+        for name, p in (
+            ("send_fail_probability", send_fail_probability),
+            ("answer_drop_probability", answer_drop_probability),
+        ):
+            if not 0.0 <= p <= 1.0:
+                raise SkstackUsageError(f"{name} must be within 0..1, got {p}")
+        if answer_delay_s < 0 or limit_window_s <= 0:
+            raise SkstackUsageError(
+                "answer_delay_s must be >= 0 and limit_window_s > 0, got "
+                f"{answer_delay_s} and {limit_window_s}"
+            )
         self.device = device
+        self.dialect: Dialect = dialect
         self.version = version
         self.mac = mac.upper()
         self.meter = meter or MeterPan()
         self.join_ok = join_ok
+        self.rbid = rbid
+        self.password = password
         self.send_fail_probability = send_fail_probability
         self.rng = random.Random(seed)
+        self.drop_rng = random.Random(f"{seed}/answer-drop")
         self.responder = responder
+        self.answer_drop_probability = answer_drop_probability
+        self.answer_delay_s = answer_delay_s
+        self.airtime_budget_s = airtime_budget_s
+        self.limit_window_s = limit_window_s
         self.scan_delay_s = scan_delay_s
         self.silent = False
+        self.meter_in_range = True
+        """False: the meter is out of range (no beacon, PANA fails, sends are not acked)."""
         self.registers: dict[str, str] = {"SFE": "1", "S2": "21", "S3": "8888"}
         self.commands: list[str] = []
         self.joined: str | None = None
+        self.transmit_limited = False
+        self.credentials: tuple[str | None, str | None] = (None, None)
+        self.dropped_requests: list[bytes] = []
+        """Requests whose answers the emulator dropped (``answer_drop_probability``)."""
+        self.total_airtime_s = 0.0
+        self._airtime: collections.deque[tuple[float, float]] = collections.deque()
+        self._later: list[tuple[float, int, str]] = []  # (due, order, line): delayed answers
+        self._order = 0
         self._buf = bytearray()
         self._tty = device.tty_name
         super().__init__()
@@ -134,11 +201,11 @@ class SkstackEmulator(EmulatorThread):
 
     @property
     def ipv6(self) -> str:
-        iid = int(self.mac, 16) ^ (1 << 57)
-        groups = [0xFE80, 0, 0, 0] + [(iid >> s) & 0xFFFF for s in (48, 32, 16, 0)]
-        return ":".join(f"{g:04X}" for g in groups)
+        return link_local_address(self.mac)
 
-    # -- life cycle ------------------------------------------------------------------------
+    @property
+    def _c0(self) -> bool:
+        return self.dialect == "bp35c0"
 
     # -- output ----------------------------------------------------------------------------
 
@@ -146,14 +213,53 @@ class SkstackEmulator(EmulatorThread):
         with self._write_lock, contextlib.suppress(TimeoutError):
             self.device.write(text.encode() + b"\r\n")
 
+    def _event(self, code: int, sender: str, param: int | None = None) -> None:
+        side = " 0" if self._c0 else ""
+        tail = "" if param is None else f" {param:02X}"
+        self._line(f"EVENT {code:02X} {sender}{side}{tail}")
+
     def expire_session(self) -> None:
         """The meter ended the PANA session: ``EVENT 29 <meter ipv6>``."""
         self.joined = None
-        self._line(f"EVENT 29 {self.meter.ipv6}")
+        self._event(0x29, self.meter.ipv6)
 
     def send_raw(self, data: bytes) -> None:
         with self._write_lock:
             self.device.write(data)
+
+    def _send_later(self, delay_s: float, line: str) -> None:
+        if delay_s <= 0:
+            self._line(line)
+            return
+        self._order += 1
+        heapq.heappush(self._later, (time.monotonic() + delay_s, self._order, line))
+
+    def _flush_later(self) -> None:
+        now = time.monotonic()
+        while self._later and self._later[0][0] <= now:
+            self._line(heapq.heappop(self._later)[2])
+
+    # -- transmit-time limit ---------------------------------------------------------------
+
+    def _used_airtime_s(self) -> float:
+        cutoff = time.monotonic() - self.limit_window_s
+        while self._airtime and self._airtime[0][0] < cutoff:
+            self._airtime.popleft()
+        return sum(cost for _, cost in self._airtime)
+
+    def _update_limit(self) -> None:
+        """Raise EVENT 32 when the budget is used up, EVENT 33 once it is available again."""
+        if self.airtime_budget_s is None:
+            return
+        limited = self._used_airtime_s() >= self.airtime_budget_s
+        if limited != self.transmit_limited:
+            self.transmit_limited = limited
+            self._event(0x32 if limited else 0x33, self.ipv6)
+
+    def _spend_airtime(self, payload_len: int) -> None:
+        cost = datagram_airtime_s(payload_len)
+        self.total_airtime_s += cost
+        self._airtime.append((time.monotonic(), cost))
 
     # -- input -----------------------------------------------------------------------------
 
@@ -162,8 +268,11 @@ class SkstackEmulator(EmulatorThread):
             if self.device.tty_name != self._tty:  # replugged: a fresh dongle boots
                 self._tty = self.device.tty_name
                 self._buf.clear()
+                self._later.clear()
                 self.registers["SFE"] = "1"
                 self.joined = None
+            self._flush_later()
+            self._update_limit()
             data = self.device.read(_READ_S)
             if not data:
                 continue
@@ -178,8 +287,9 @@ class SkstackEmulator(EmulatorThread):
         """One complete command from the buffer: (line, None) or (SKSENDTO header, data)."""
         buf = self._buf
         if buf.startswith(b"SKSENDTO "):
+            fields = 7 if self._c0 else 6  # SKSENDTO handle ipaddr port sec [side] datalen
             pos, spaces = 0, 0
-            while spaces < _SENDTO_FIELDS:
+            while spaces < fields:
                 nxt = buf.find(b" ", pos)
                 eol = buf.find(b"\r\n", pos)
                 if eol >= 0 and (nxt < 0 or eol < nxt):
@@ -187,7 +297,7 @@ class SkstackEmulator(EmulatorThread):
                 if nxt < 0:
                     return None  # header not complete yet
                 pos, spaces = nxt + 1, spaces + 1
-            if spaces == _SENDTO_FIELDS:
+            if spaces == fields:
                 header = buf[: pos - 1].decode(errors="replace")
                 try:
                     length = int(header.split()[-1], 16)
@@ -220,16 +330,21 @@ class SkstackEmulator(EmulatorThread):
         except _Fail as fail:
             self._line(f"FAIL ER{fail.code:02d}")
 
-    def _handlers(self) -> dict[str, Callable[[list[str], bytes | None], None]]:
-        return {
+    def _handlers(self) -> dict[str, Handler]:
+        handlers: dict[str, Handler] = {
             "SKVER": self._skver,
             "SKINFO": self._skinfo,
             "SKSREG": self._sksreg,
+            "SKSETRBID": self._sksetrbid,
+            "SKSETPWD": self._sksetpwd,
             "SKSCAN": self._skscan,
             "SKJOIN": self._skjoin,
             "SKSENDTO": self._sksendto,
             "SKTERM": self._skterm,
         }
+        if not self._c0:
+            handlers["SKPING"] = self._skping
+        return handlers
 
     @staticmethod
     def _argc(args: list[str], *counts: int) -> None:
@@ -259,6 +374,14 @@ class SkstackEmulator(EmulatorThread):
     def _sksreg(self, args: list[str], payload: bytes | None) -> None:
         self._argc(args, 1, 2)
         reg = args[0].upper()
+        if reg in ("SFB", "SFD"):  # read-only: transmit-limited flag, send time so far in ms
+            if len(args) == 2:
+                raise _Fail(6)
+            limited = "1" if self.transmit_limited else "0"
+            sent_ms = f"{round(self.total_airtime_s * 1000):016X}"
+            self._line(f"ESREG {limited if reg == 'SFB' else sent_ms}")
+            self._line("OK")
+            return
         if reg not in self.registers:
             raise _Fail(6)
         if len(args) == 1:
@@ -271,69 +394,119 @@ class SkstackEmulator(EmulatorThread):
             self.registers[reg] = f"{self._hex(args[1], 0, 0xFFFF):04X}"
         self._line("OK")
 
+    def _sksetrbid(self, args: list[str], payload: bytes | None) -> None:
+        self._argc(args, 1)
+        if len(args[0]) != 32:
+            raise _Fail(6)
+        self.credentials = (args[0], self.credentials[1])
+        self._line("OK")
+
+    def _sksetpwd(self, args: list[str], payload: bytes | None) -> None:
+        self._argc(args, 2)
+        if self._hex(args[0], 1, 0x20) != len(args[1]):
+            raise _Fail(6)
+        self.credentials = (self.credentials[0], args[1])
+        self._line("OK")
+
+    def _side(self, text: str) -> int:
+        return self._hex(text, 0, 1)
+
     def _skscan(self, args: list[str], payload: bytes | None) -> None:
-        self._argc(args, 3)
+        self._argc(args, 4 if self._c0 else 3)
         mode = self._hex(args[0], 0, 3)
         if mode == 1:
             raise _Fail(6)
         mask = self._hex(args[1], 0, 0xFFFFFFFF)
         self._hex(args[2], 0, 14)
+        side = self._side(args[3]) if self._c0 else 0
         self._line("OK")
         time.sleep(self.scan_delay_s)
         meter = self.meter
-        if mask >> (meter.channel - 0x21) & 1:
-            self._line(f"EVENT 20 {meter.ipv6}")
+        if self.meter_in_range and side == 0 and mask >> (meter.channel - 0x21) & 1:
+            self._event(0x20, meter.ipv6)
             self._line("EPANDESC")
             self._line(f"  Channel:{meter.channel:02X}")
             self._line(f"  Channel Page:{meter.channel_page:02X}")
             self._line(f"  Pan ID:{meter.pan_id:04X}")
             self._line(f"  Addr:{meter.mac}")
             self._line(f"  LQI:{meter.lqi:02X}")
+            if self._c0:
+                self._line("  Side:0")
             if mode == 2:
                 self._line(f"  PairID:{meter.pair_id}")
-        self._line(f"EVENT 22 {self.ipv6}")
+        self._event(0x22, self.ipv6)
+
+    def _credentials_ok(self) -> bool:
+        rbid, password = self.credentials
+        return (self.rbid is None or rbid == self.rbid) and (
+            self.password is None or password == self.password
+        )
 
     def _skjoin(self, args: list[str], payload: bytes | None) -> None:
         self._argc(args, 1)
         if not _valid_ipv6(args[0]):
             raise _Fail(6)
         self._line("OK")
-        if self.join_ok and args[0].upper() == self.meter.ipv6:
-            self.joined = args[0].upper()
-            self._line(f"EVENT 25 {self.meter.ipv6}")
+        target = args[0].upper()
+        reachable = self.meter_in_range and target == self.meter.ipv6
+        if self.join_ok and reachable and self._credentials_ok():
+            self.joined = target
+            self._event(0x25, self.meter.ipv6)
         else:
-            self._line(f"EVENT 24 {args[0].upper()}")
+            self._event(0x24, target)
 
     def _skterm(self, args: list[str], payload: bytes | None) -> None:
         self._argc(args, 0)
         if self.joined is None:
             raise _Fail(10)
         self._line("OK")
-        self._line(f"EVENT 27 {self.joined}")
+        self._event(0x27, self.joined)
         self.joined = None
+
+    def _skping(self, args: list[str], payload: bytes | None) -> None:
+        self._argc(args, 1)
+        if not _valid_ipv6(args[0]):
+            raise _Fail(6)
+        dest = args[0].upper()
+        self._line("OK")
+        if self.meter_in_range and dest == self.meter.ipv6 and not self.transmit_limited:
+            self._spend_airtime(8)  # ICMPv6 echo header
+            self._send_later(self.answer_delay_s, f"EPONG {dest}")
 
     def _sksendto(self, args: list[str], payload: bytes | None) -> None:
         if payload is None:
             raise _Fail(5)
-        self._argc(args, 5)
+        self._argc(args, 6 if self._c0 else 5)
         handle = self._hex(args[0], 1, 6)
         if not _valid_ipv6(args[1]):
             raise _Fail(6)
         dest = args[1].upper()
         rport = self._hex(args[2], 1, 0xFFFE)
         sec = self._hex(args[3], 0, 2)
-        if not 1 <= self._hex(args[4], 1, _MAX_UDP) == len(payload):
+        side = self._side(args[4]) if self._c0 else 0
+        if not 1 <= self._hex(args[-1], 1, _MAX_UDP) == len(payload):
             raise _Fail(6)
-        delivered = self.rng.random() >= self.send_fail_probability
-        self._line(f"EVENT 21 {dest} {0 if delivered else 1:02X}")
+        if self._c0 and self.registers["SFE"] == "0":
+            self._line("")
+        delivered = not self.transmit_limited and self.rng.random() >= self.send_fail_probability
+        delivered = delivered and (self.meter_in_range or dest != self.meter.ipv6)
+        if delivered:
+            self._spend_airtime(len(payload))
+        self._event(0x21, dest, 0 if delivered else 1)
         self._line("OK")
-        if not delivered or self.responder is None or dest != self.meter.ipv6:
+        self._update_limit()
+        if not delivered or self.responder is None or dest != self.meter.ipv6 or side != 0:
             return
         answer = self.responder(rport, payload)
         if answer is None:
             return
+        if self.answer_drop_probability and self.drop_rng.random() < self.answer_drop_probability:
+            self.dropped_requests.append(payload)
+            return
         secured = 1 if sec and self.joined == dest else 0
-        self._line(
+        side_field = f" {side}" if self._c0 else ""
+        self._send_later(
+            self.answer_delay_s,
             f"ERXUDP {dest} {self.ipv6} {rport:04X} {_UDP_PORTS[handle]:04X} "
-            f"{self.meter.mac} {secured} {len(answer):04X} {answer.hex().upper()}"
+            f"{self.meter.mac} {secured}{side_field} {len(answer):04X} {answer.hex().upper()}",
         )

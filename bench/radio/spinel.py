@@ -9,7 +9,18 @@ Sources checked (facts only; the code here is our own):
   LAST_STATUS 0, PROTOCOL_VERSION 1 (``ii``), NCP_VERSION 2 (``U``), INTERFACE_TYPE 3,
   VENDOR_ID 4, CAPS 5, INTERFACE_COUNT 6, HWADDR 8 (``E``); NET range begins 0x40
   (NET_ROLE = +3), THREAD range 0x50 (CHILD_TABLE = +2), THREAD_EXT range 0x1500
-  (NEIGHBOR_TABLE = +11, ROUTER_TABLE = +23).
+  (NEIGHBOR_TABLE = +11, ROUTER_TABLE = +23); IPV6 range 0x60 (ML_ADDR = +1, ``6``);
+  STREAM_NET 114 (``dD``: U16 length, IPv6
+  packet, optional metadata; host writes with PROP_VALUE_SET, packets from the mesh arrive as
+  unsolicited PROP_VALUE_IS); counters from CNTR__BEGIN 1280 (TX_PKT_TOTAL +1, TX_PKT_ACKED
+  +3, TX_PKT_RETRY +10, TX_ERR_CCA +11, RX_PKT_TOTAL +100, TX_IP_DROPPED +202, all ``L``);
+  VENDOR range 15360..16383.
+* The mesh tables of a Wi-SUN (RPL) border router have no property in OpenThread's set, so
+  fieldrig defines two in the vendor range (documented here, used by our emulator and
+  driver; a real NCP needs its vendor's ids mapped in :mod:`bench.radio.spinel_radio`):
+  MESH_NEIGHBOURS 15360 = ``A(t(6cS))`` (neighbour address, RSSI dBm, ETX x 128 as RPL
+  encodes it) and MESH_ROUTES 15361 = ``A(t(666C))`` (destination, next hop, DAO parent,
+  hop count), each struct prefixed by its U16 length (PROTOCOL.md 7.4/7.5).
 * TI Wi-SUN NCP's copy of ``spinel.h`` (same header layout and command numbers;
   ``SPINEL_PROTOCOL_TYPE_WISUN`` = 4, NET_ROLE at NET__BEGIN + 3).
 * Packed unsigned integers: EXI-style, 7 bits per byte, least significant group first, bit
@@ -60,6 +71,10 @@ class Cmd(IntEnum):
 _NET_BEGIN = 0x40
 _THREAD_BEGIN = 0x50
 _THREAD_EXT_BEGIN = 0x1500
+_IPV6_BEGIN = 0x60
+_STREAM_BEGIN = 0x70
+_CNTR_BEGIN = 1280
+_VENDOR_BEGIN = 15360
 
 
 class Prop(IntEnum):
@@ -77,6 +92,16 @@ class Prop(IntEnum):
     THREAD_CHILD_TABLE = _THREAD_BEGIN + 2
     THREAD_NEIGHBOR_TABLE = _THREAD_EXT_BEGIN + 11
     THREAD_ROUTER_TABLE = _THREAD_EXT_BEGIN + 23
+    IPV6_ML_ADDR = _IPV6_BEGIN + 1
+    STREAM_NET = _STREAM_BEGIN + 2
+    CNTR_TX_PKT_TOTAL = _CNTR_BEGIN + 1
+    CNTR_TX_PKT_ACKED = _CNTR_BEGIN + 3
+    CNTR_TX_PKT_RETRY = _CNTR_BEGIN + 10
+    CNTR_TX_ERR_CCA = _CNTR_BEGIN + 11
+    CNTR_RX_PKT_TOTAL = _CNTR_BEGIN + 100
+    CNTR_TX_IP_DROPPED = _CNTR_BEGIN + 202
+    MESH_NEIGHBOURS = _VENDOR_BEGIN + 0
+    MESH_ROUTES = _VENDOR_BEGIN + 1
 
 
 # ---------------------------------------------------------------- packed unsigned integers
@@ -197,6 +222,11 @@ def pack_u8(value: int) -> bytes:
     return struct.pack("<B", value)
 
 
+def pack_i8(value: int) -> bytes:
+    """Spinel ``c``."""
+    return struct.pack("<b", value)
+
+
 def pack_u16(value: int) -> bytes:
     """Spinel ``S`` (little endian)."""
     return struct.pack("<H", value)
@@ -224,6 +254,13 @@ def pack_eui64(eui: bytes) -> bytes:
     if len(eui) != 8:
         raise SpinelError(f"EUI-64 must be 8 bytes, got {len(eui)}")
     return bytes(eui)
+
+
+def pack_ipv6(address: bytes) -> bytes:
+    """Spinel ``6``: the 16 address bytes."""
+    if len(address) != 16:
+        raise SpinelError(f"IPv6 address must be 16 bytes, got {len(address)}")
+    return bytes(address)
 
 
 def pack_data_wlen(data: bytes) -> bytes:
@@ -254,6 +291,10 @@ class Unpacker:
     def u8(self) -> int:
         return self._take(1, "U8")[0]
 
+    def i8(self) -> int:
+        value: int = struct.unpack("<b", self._take(1, "I8"))[0]
+        return value
+
     def u16(self) -> int:
         value: int = struct.unpack("<H", self._take(2, "U16"))[0]
         return value
@@ -280,6 +321,9 @@ class Unpacker:
 
     def eui64(self) -> bytes:
         return self._take(8, "EUI-64")
+
+    def ipv6(self) -> bytes:
+        return self._take(16, "IPv6 address")
 
     def data_wlen(self) -> bytes:
         length = self.u16()
@@ -332,3 +376,4 @@ STATUS_RESET_END = 128  # one past the last reset cause
 
 #: ``SPINEL_PROTOCOL_TYPE_*`` (the value of ``PROP_INTERFACE_TYPE``)
 PROTOCOL_TYPE_THREAD = 3
+PROTOCOL_TYPE_WISUN = 4

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import time
+from collections.abc import Callable
 from typing import TypedDict
 
 from bench.errors import BenchError, TransportError
@@ -36,7 +37,6 @@ from bench.radio.spinel import (
 from bench.transport.serial import SerialPort
 
 #: how long the driver sleeps when nothing is waiting at the port
-_POLL_S = 0.005
 UNSOLICITED_MAX = 256
 
 
@@ -108,6 +108,9 @@ class SpinelDriver:
         self.malformed = 0
         self._decoder = HdlcDecoder()
         self._last_tid = 0
+        #: called with (frame, time.monotonic_ns() of its arrival) for every unsolicited
+        #: frame before it is queued (so a listener can timestamp stream packets)
+        self.on_unsolicited: Callable[[SpinelFrame, int], None] | None = None
 
     @property
     def bad_frames(self) -> int:
@@ -127,16 +130,20 @@ class SpinelDriver:
 
     def _receive(self) -> list[SpinelFrame]:
         """Frames that arrived since the last call (waits one short poll when none did)."""
-        data = self.port.read_available()
+        data = self.port.read_some()
         if not data:
-            time.sleep(_POLL_S)
             return []
+        now_ns = time.monotonic_ns()
         frames: list[SpinelFrame] = []
         for payload in self._decoder.feed(data):
             try:
-                frames.append(SpinelFrame.decode(payload))
+                frame = SpinelFrame.decode(payload)
             except SpinelError:
                 self.malformed += 1
+                continue
+            if frame.unsolicited and self.on_unsolicited is not None:
+                self.on_unsolicited(frame, now_ns)
+            frames.append(frame)
         return frames
 
     def poll(self, timeout: float = 0.0) -> None:

@@ -38,6 +38,7 @@ from bench.transport.ptyport import PtyDevice
 
 Getter = Callable[[], bytes]
 Setter = Callable[[bytes], None]
+StreamWriter = Callable[[bytes], None]
 
 DEFAULT_NCP_VERSION = "fieldrig-virtual-ncp/1.0; OPENTHREAD"
 DEFAULT_HWADDR = bytes.fromhex("18b4300000000001")
@@ -87,6 +88,7 @@ class SpinelEmulator(EmulatorThread):
         self.requests: collections.deque[SpinelFrame] = collections.deque(maxlen=_REQUESTS_KEPT)
         self.getters: dict[int, Getter] = {}
         self.setters: dict[int, Setter] = {}
+        self.streams: dict[int, StreamWriter] = {}
         self._decoder = HdlcDecoder()
         self._malformed = 0
         self._inject: list[bytes] = []
@@ -113,6 +115,12 @@ class SpinelEmulator(EmulatorThread):
             self.setters[prop] = setter
         else:
             self.setters.pop(prop, None)
+
+    def add_stream(self, prop: int, on_write: StreamWriter) -> None:
+        """A stream property (e.g. STREAM_NET): SET hands the value to ``on_write`` and is
+        answered LAST_STATUS OK (or the PropertyError's status); GET is refused with
+        INVALID_COMMAND_FOR_PROP, as streams cannot be read back."""
+        self.streams[prop] = on_write
 
     def remove_property(self, prop: int) -> None:
         self.getters.pop(prop, None)
@@ -222,6 +230,9 @@ class SpinelEmulator(EmulatorThread):
 
     def _get(self, frame: SpinelFrame) -> None:
         assert frame.prop is not None  # decode() sets it for PROP_VALUE_* commands
+        if frame.prop in self.streams:
+            self._status(frame, Status.INVALID_COMMAND_FOR_PROP)
+            return
         if frame.prop not in self.getters:
             self._status(frame, Status.PROP_NOT_FOUND)
             return
@@ -229,6 +240,18 @@ class SpinelEmulator(EmulatorThread):
 
     def _set(self, frame: SpinelFrame) -> None:
         assert frame.prop is not None
+        stream = self.streams.get(frame.prop)
+        if stream is not None:
+            try:
+                stream(frame.value)
+            except PropertyError as exc:
+                self._status(frame, exc.status)
+                return
+            except SpinelError:
+                self._status(frame, Status.PARSE_ERROR)
+                return
+            self._status(frame, Status.OK)
+            return
         setter = self.setters.get(frame.prop)
         if setter is None:
             self._status(frame, Status.PROP_NOT_FOUND)

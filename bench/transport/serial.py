@@ -287,6 +287,13 @@ class SerialPort:
             seen.append(line)
             self.unmatched.append(line)
 
+    def read_some(self) -> bytes:
+        """What arrives next: returns as soon as bytes are there, or empty after one short
+        poll interval (so frame arrival can be timestamped without busy waiting)."""
+        if not self._buf:
+            self._fill()
+        return self._take(len(self._buf))
+
     def read_available(self) -> bytes:
         """Everything buffered or already waiting at the port, without blocking."""
         link = self._require_link()
