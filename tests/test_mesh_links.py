@@ -14,8 +14,8 @@ from bench.mesh.links import (
     gilbert_params,
     link_from_margin,
     path_loss_db,
-    wilson_interval,
 )
+from bench.mesh.loss import wilson_interval
 
 
 def test_first_attempt_delivery_interval_contains_085() -> None:

@@ -32,13 +32,9 @@ addresses only.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ipaddress
 import random
 import re
 import signal
-import socket
-import socketserver
 import threading
 import time
 from collections import deque
@@ -46,6 +42,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import FrameType
 from typing import Protocol, Self
+
+from bench.lab.line_server import LineServer, check_loopback
 
 __all__ = [
     "SERVER_DIALECTS",
@@ -874,52 +872,6 @@ class VirtualPsu:
         ]
 
 
-class _Connection(socketserver.StreamRequestHandler):
-    server: _TcpServer
-
-    def handle(self) -> None:
-        self.server.track(self.request, True)
-        with contextlib.suppress(OSError):
-            for raw in self.rfile:
-                reply = self.server.psu.execute(raw.decode("ascii", "replace").strip("\r\n"))
-                if reply is not None:
-                    self.wfile.write(reply.encode("ascii", "replace") + b"\n")
-        self.server.track(self.request, False)
-
-
-class _TcpServer(socketserver.ThreadingTCPServer):
-    allow_reuse_address = True
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], psu: VirtualPsu) -> None:
-        self.psu = psu
-        self._clients: set[socket.socket] = set()
-        self._clients_lock = threading.Lock()
-        super().__init__(address, _Connection)
-
-    def track(self, client: socket.socket, alive: bool) -> None:
-        with self._clients_lock:
-            if alive:
-                self._clients.add(client)
-            else:
-                self._clients.discard(client)
-
-    def drop_clients(self) -> None:
-        with self._clients_lock:
-            for client in self._clients:
-                with contextlib.suppress(OSError):
-                    client.shutdown(socket.SHUT_RDWR)
-
-
-def _check_loopback(host: str) -> None:
-    try:
-        address = ipaddress.ip_address(socket.gethostbyname(host))
-    except (OSError, ValueError):
-        raise ValueError(f"cannot resolve {host!r}; the virtual PSU binds loopback only") from None
-    if not address.is_loopback:
-        raise ValueError(f"{host} is not a loopback address; the virtual PSU binds loopback only")
-
-
 @dataclass
 class ScpiPsuServer:
     """A threaded TCP server around a :class:`VirtualPsu` (``start()``, ``stop()``, ``port``)."""
@@ -932,12 +884,12 @@ class ScpiPsuServer:
     ranges: Sequence[tuple[float, float]] | None = None
     poll_s: float = 0.05
     psu: VirtualPsu = field(init=False)
-    _server: _TcpServer | None = field(default=None, init=False, repr=False)
+    _server: LineServer | None = field(default=None, init=False, repr=False)
     _threads: list[threading.Thread] = field(default_factory=list, init=False, repr=False)
     _stop: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
 
     def __post_init__(self) -> None:
-        _check_loopback(self.host)
+        check_loopback(self.host, "the virtual PSU")
         self.psu = VirtualPsu(self.dialect, self.channels, self.backend, self.ranges)
 
     @property
@@ -946,13 +898,12 @@ class ScpiPsuServer:
         return f"TCPIP::{self.host}::{self.port}::SOCKET"
 
     def start(self) -> Self:
-        self._server = _TcpServer((self.host, self.port), self.psu)
-        self.port = self._server.server_address[1]
+        self._server = LineServer(
+            self.psu.execute, host=self.host, port=self.port, name="scpi-psu"
+        ).start()
+        self.port = self._server.port
         self._stop.clear()
         self._threads = [
-            threading.Thread(
-                target=self._server.serve_forever, args=(0.05,), name="scpi-psu", daemon=True
-            ),
             threading.Thread(target=self._monitor, name="scpi-psu-monitor", daemon=True),
         ]
         for thread in self._threads:
@@ -962,9 +913,7 @@ class ScpiPsuServer:
     def stop(self) -> None:
         self._stop.set()
         if self._server is not None:
-            self._server.shutdown()
-            self._server.drop_clients()
-            self._server.server_close()
+            self._server.stop()
             self._server = None
         for thread in self._threads:
             thread.join(timeout=5)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from statistics import NormalDist
 
 import numpy as np
 
@@ -23,27 +22,6 @@ TYPICAL_MARGIN_DB = 10.0
 """SNR margin (received power minus noise floor) of a typical link."""
 MARGIN_SLOPE_DB = 2.0
 """Width of the logistic budget-to-delivery curve (dB per e-fold of the odds)."""
-
-
-def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion.
-
-    With p = successes / n and z the two-sided normal quantile for ``confidence``:
-    centre = (p + z**2 / (2n)) / (1 + z**2 / n),
-    half   = z / (1 + z**2 / n) * sqrt(p (1 - p) / n + z**2 / (4 n**2)).
-    """
-    if n <= 0 or not 0 <= successes <= n:
-        raise ValueError(f"need 0 <= successes <= n and n > 0, got {successes}/{n}")
-    if not 0 < confidence < 1:
-        raise ValueError("confidence must be in (0, 1)")
-    z = NormalDist().inv_cdf((1 + confidence) / 2)
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z / denom * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    lo = 0.0 if successes == 0 else max(0.0, centre - half)
-    hi = 1.0 if successes == n else min(1.0, centre + half)
-    return lo, hi
 
 
 def path_loss_db(
@@ -193,14 +171,24 @@ def gilbert_params(first_attempt: float, within_k: float, k: int = 3) -> tuple[f
 _TYPICAL_P, TYPICAL_R = gilbert_params(TYPICAL_FIRST_ATTEMPT, TYPICAL_WITHIN_THREE, 3)
 
 
-def link_from_margin(margin_db: float, rng: np.random.Generator) -> GilbertElliott:
-    """A Gilbert link whose first-attempt delivery follows :func:`delivery_probability`.
+def gilbert_rates(p_bad: float) -> tuple[float, float]:
+    """(p_good_to_bad, p_bad_to_good) of a Gilbert link whose stationary P(Bad) is ``p_bad``.
 
-    The burst length (r = TYPICAL_R) is kept; P(Bad) = 1 - delivery sets p = r piB / (1 - piB).
+    The typical burst length is kept (r = TYPICAL_R, p = r piB / (1 - piB)) while p <= 1;
+    for links worse than that (piB > 1 / (1 + r)) p is 1 and the bursts lengthen instead,
+    r = (1 - piB) / piB, so the stationary loss stays exactly piB.
     """
-    pb = min(1 - delivery_probability(margin_db), 0.999)
-    p = min(1.0, TYPICAL_R * pb / (1 - pb))
-    return GilbertElliott(p, TYPICAL_R, 0.0, 1.0, rng)
+    p = TYPICAL_R * p_bad / (1 - p_bad)
+    if p <= 1.0:
+        return p, TYPICAL_R
+    return 1.0, (1 - p_bad) / p_bad
+
+
+def link_from_margin(margin_db: float, rng: np.random.Generator) -> GilbertElliott:
+    """A Gilbert link whose first-attempt delivery follows :func:`delivery_probability`
+    (P(Bad) = 1 - delivery, capped at 0.999; rates from :func:`gilbert_rates`)."""
+    p, r = gilbert_rates(min(1 - delivery_probability(margin_db), 0.999))
+    return GilbertElliott(p, r, 0.0, 1.0, rng)
 
 
 def calibrated_link(rng: np.random.Generator) -> GilbertElliott:

@@ -58,6 +58,7 @@ class SpinelRadio:
         self.unparsable_packets = 0
         self._echoes: collections.deque[ProbeEcho] = collections.deque(maxlen=_ECHOES_KEPT)
         self._local: str | None = None
+        self._outstanding: dict[tuple[str, int], int] = {}  # (meter, 16-bit seq) -> seq
         self.driver.on_unsolicited = self._on_unsolicited
 
     @property
@@ -73,8 +74,11 @@ class SpinelRadio:
         except (SpinelError, PacketError):
             self.unparsable_packets += 1
             return
-        if echo.kind == ECHO_REPLY and echo.identifier == PROBE_IDENTIFIER:
-            self._echoes.append(ProbeEcho(echo.source, echo.sequence, received_ns))
+        if echo.kind != ECHO_REPLY or echo.identifier != PROBE_IDENTIFIER:
+            return
+        seq = self._outstanding.pop((echo.source, echo.sequence), None)
+        if seq is not None:
+            self._echoes.append(ProbeEcho(echo.source, seq, received_ns))
 
     def _drop_stream_frames(self) -> None:
         """STREAM_NET notifications were consumed by the listener; keep the queue short."""
@@ -127,6 +131,11 @@ class SpinelRadio:
             seq & 0xFFFF,
             bytes(i & 0xFF for i in range(payload_len)),
         )
+        # The echo carries 16 bits of the sequence number; the newest probe with them wins.
+        meter = str(ipaddress.IPv6Address(destination))
+        self._outstanding[(meter, request.sequence)] = seq
+        if len(self._outstanding) > _ECHOES_KEPT:
+            self._outstanding.pop(next(iter(self._outstanding)))
         sent_ns = time.monotonic_ns()
         self.driver.set(Prop.STREAM_NET, pack_data_wlen(request.encode()), self.timeout_s)
         return sent_ns

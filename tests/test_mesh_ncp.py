@@ -1,0 +1,135 @@
+"""The virtual lab's border-router dongle (Spinel emulator + mesh simulator) driven by
+SpinelRadio over a real pseudo-terminal: identity, counters, RPL tables, ICMPv6 probes whose
+host-measured round trips match the simulator's, faults."""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench.lab.mesh_ncp import NCP_VERSION, MeshNcp
+from bench.mesh.airtime import frame_airtime_s
+from bench.mesh.loss import summarize
+from bench.mesh.probing import Prober, periodic_schedule
+from bench.mesh.sim import MeshConfig
+from bench.radio.icmpv6 import ECHO_REQUEST, Echo
+from bench.radio.spinel import Prop, Status, pack_data_wlen
+from bench.radio.spinel_driver import SpinelStatusError
+from bench.radio.spinel_radio import SpinelRadio
+from bench.transport.ptyport import PtyDevice
+from bench.transport.serial import SerialPort
+
+SCALE = 10.0
+
+
+@pytest.fixture
+def ncp(tmp_path: Path) -> Iterator[MeshNcp]:
+    device = PtyDevice(tmp_path, "br0")
+    ncp = MeshNcp(device, MeshConfig(meters=60, seed=3), time_scale=SCALE)
+    ncp.start()
+    try:
+        yield ncp
+    finally:
+        ncp.stop()
+        device.unplug()
+
+
+@pytest.fixture
+def radio(ncp: MeshNcp) -> Iterator[SpinelRadio]:
+    port = SerialPort(str(ncp.emulator.device.path), name="br0")
+    port.open()
+    radio = SpinelRadio(port)
+    try:
+        yield radio
+    finally:
+        radio.close()
+
+
+def test_identity_and_state(radio: SpinelRadio) -> None:
+    identity = radio.identify()
+    assert identity.firmware == NCP_VERSION
+    assert identity.protocol == "spinel 4.3 wisun"
+    assert identity.hwaddr == "18b4300000000001"
+    state = radio.state()
+    assert state.role == "leader" and state.joined
+    assert state.counters["tx_total"] > 0  # meter traffic ran during warm-up
+    assert state.counters["tx_acked"] <= state.counters["tx_total"]
+
+
+def test_topology_matches_the_simulated_mesh(radio: SpinelRadio, ncp: MeshNcp) -> None:
+    topology = radio.topology()
+    sim = ncp.sim
+    with ncp.lock:
+        expected = {sim.address(n): sim.hop_count(n) for n in range(1, sim.meters + 1)}
+        neighbours = {sim.address(n.node) for n in sim.neighbours(0)}
+    routed = {r.destination: r.hops for r in topology.routes}
+    assert routed == {a: h for a, h in expected.items() if h is not None}
+    assert len(routed) >= 0.9 * sim.meters
+    assert {n.address for n in topology.neighbours} <= neighbours
+    assert all(n.etx is not None and n.etx >= 1.0 for n in topology.neighbours)
+    for route in topology.routes:
+        assert (route.hops == 1) == (route.next_hop == route.destination)
+        assert route.hops > 1 or route.parent == radio.local_address()
+
+
+def test_probe_round_trips_match_the_simulator(radio: SpinelRadio, ncp: MeshNcp) -> None:
+    topology = radio.topology()
+    by_hops = collections.defaultdict(list)
+    for route in topology.routes:
+        by_hops[route.hops].append(route.destination)
+    targets = [(by_hops[h][0], h) for h in sorted(by_hops)]
+    prober = Prober(radio, tmax_s=8.0, time_scale=SCALE)
+    records = prober.run(targets, periodic_schedule(0.5, 6 * len(targets)))
+    assert len(records) == 6 * len(targets)
+    delivered = [r for r in records if not r.lost]
+    assert len(delivered) >= len(records) // 2
+    sim_rtts = sorted(r.rtt_s for r in ncp.history if r.delivered and r.rtt_s is not None)
+    host_rtts = sorted(r.rtt_s for r in delivered if r.rtt_s is not None)
+    assert len(sim_rtts) == len(host_rtts) == ncp.counters["echoes_sent"]
+    for host, sim in zip(host_rtts, sim_rtts, strict=True):
+        # the host adds serial and scheduling time, scaled into mesh time
+        assert sim - 0.001 <= host <= sim + 0.05 * SCALE
+    one_hop = [r for r in delivered if r.hops == 1]
+    assert all(r.rtt_s is not None and r.rtt_s >= 2 * frame_airtime_s(40) for r in one_hop)
+    assert not prober.strays
+
+
+def test_sequence_numbers_survive_the_16_bit_wrap(radio: SpinelRadio) -> None:
+    """ICMPv6 carries 16 bits of the sequence number; the radio maps echoes back."""
+    target = next(r for r in radio.topology().routes if r.hops == 1)
+    prober = Prober(radio, tmax_s=4.0, time_scale=SCALE, first_seq=0xFFFE)
+    records = prober.run([(target.destination, 1)], periodic_schedule(0.3, 5))
+    assert [r.seq for r in records] == list(range(0xFFFE, 0xFFFE + 5))
+    assert sum(not r.lost for r in records) >= 3
+    assert not prober.strays
+
+
+def test_probe_to_an_unknown_meter_is_lost(radio: SpinelRadio, ncp: MeshNcp) -> None:
+    records = Prober(radio, tmax_s=2.0, time_scale=SCALE).run(
+        [("fd00:db8:0:1::fff0", None)], periodic_schedule(0.1, 3)
+    )
+    assert [r.lost for r in records] == [True, True, True]
+    assert ncp.counters["no_route"] == 3
+
+
+def test_malformed_stream_packet_is_refused(radio: SpinelRadio, ncp: MeshNcp) -> None:
+    with pytest.raises(SpinelStatusError, match="PARSE_ERROR") as caught:
+        radio.driver.set(Prop.STREAM_NET, pack_data_wlen(b"\x60garbage"))
+    assert caught.value.status == Status.PARSE_ERROR
+    good = Echo(ECHO_REQUEST, radio.local_address(), "fd00:db8:0:1::fff1", 1, 1).encode()
+    radio.driver.set(Prop.STREAM_NET, pack_data_wlen(good))  # still serving
+    assert ncp.counters["host_bad_packets"] == 1
+
+
+def test_attenuation_raises_loss_on_the_first_hop(radio: SpinelRadio, ncp: MeshNcp) -> None:
+    first_hop = [(r.destination, r.hops) for r in radio.topology().routes if r.hops == 1][:5]
+    assert first_hop
+    prober = Prober(radio, tmax_s=4.0, time_scale=SCALE)
+    clean = summarize(prober.run(first_hop, periodic_schedule(0.3, 40)))
+    ncp.set_attenuation_db(50)
+    faded = summarize(prober.run(first_hop, periodic_schedule(0.3, 40)))
+    ncp.set_attenuation_db(0)
+    assert faded.ci_low > clean.ci_high
