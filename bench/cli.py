@@ -39,6 +39,11 @@ def _print_status(lab: object) -> bool:
             f"{gw.name:<12} {gw.namespace if gw.namespace_present else '-':<22} "
             f"{gw.address:<15} {sshd:<8} {'answers' if gw.ssh_answers else 'no answer'}"
         )
+    if status.supply:
+        print(f"supply: {status.supply} {'running' if status.supply_running else 'NOT running'}")
+    if status.radios:
+        running = "running" if status.radios_running else "NOT running"
+        print(f"radios: emulated dongles for {', '.join(status.radios)} {running}")
     if not status.built_as_planned and status.anything_present:
         print("built from a different rig file or board profiles: `up` will rebuild it")
     if status.stray_namespaces:

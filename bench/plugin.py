@@ -17,6 +17,7 @@ from bench.errors import BenchError
 from bench.gateway import ConnectedGateway
 from bench.instruments.meter import ArraySupplyMeter, SupplyChannelMeter
 from bench.instruments.psu import PowerSupply
+from bench.radio.capability import Radio
 from bench.results import RunStore
 from bench.rig import Rig, load_rig
 from bench.session import BenchSession
@@ -279,6 +280,19 @@ def gateway_power(
         return rig.power(gateway.name)
     except BenchError as exc:
         pytest.skip(str(exc))
+
+
+@pytest.fixture
+def gateway_radio(gateway: ConnectedGateway, rig: BenchSession) -> Iterator[Radio]:
+    """This test's gateway's radio dongle through its driver; skipped where there is none."""
+    try:
+        radio = rig.radio(gateway.name)
+    except BenchError as exc:
+        pytest.skip(str(exc))
+    try:
+        yield radio
+    finally:
+        radio.close()
 
 
 class Recorder:

@@ -2,22 +2,31 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bench.errors import BenchError
+from bench.faults import LinkTarget, Protection, clear_stale
 from bench.fleet.inventory import collect_inventory
 from bench.gateway import ConnectedGateway
 from bench.instruments.meter import ArraySupplyMeter, SupplyChannelMeter, supply_meter
 from bench.instruments.psu import PowerSupply, SafeExitGuard, safe_on_exit
 from bench.instruments.registry import open_supply
+from bench.lab.radio_plan import CONTROL_SOCKET, radio_dir, virtual_radios
 from bench.lab.virtual import VirtualLab
+from bench.mesh.control import MeshControl
+from bench.radio.capability import Radio
+from bench.radio.registry import open_radio
 from bench.results import RunStore
-from bench.rig import Rig
+from bench.rig import AttenuatorChannel, Rig
 from bench.transport.serial import SerialPort
+
+if TYPE_CHECKING:
+    from bench.instruments.attenuator import Attenuator
 
 HEALTH_DEADLINE_S = 20.0
 
@@ -34,6 +43,7 @@ class BenchSession:
     unavailable: dict[str, str] = field(default_factory=dict)
     inventory: dict[str, dict[str, Any]] = field(default_factory=dict)
     supplies: dict[str, PowerSupply] = field(default_factory=dict)
+    attenuators: dict[str, Attenuator] = field(default_factory=dict)
     booting: set[str] = field(default_factory=set)  # gateways this session powered on
     _guards: dict[str, SafeExitGuard] = field(default_factory=dict)
     _ports: list[SerialPort] = field(default_factory=list)
@@ -51,6 +61,43 @@ class BenchSession:
         if name in self.unavailable:
             raise BenchError(f"gateway {name} is unavailable: {self.unavailable[name]}")
         return self.gateways[name]
+
+    def radio(self, name: str) -> Radio:
+        """The gateway's radio dongle through its driver (port transcript kept in the run)."""
+        link = self.spec.gateway(name).radio
+        if link is None:
+            raise BenchError(f"gateway {name} has no radio in rig '{self.spec.name}'")
+        return open_radio(link, self.radio_port(name))
+
+    def mesh_time_scale(self, name: str) -> float:
+        """Mesh seconds per wall second behind the gateway's dongle: the virtual mesh's
+        ``time_scale`` for an emulated dongle, 1 for a real one."""
+        if self.spec.virtual is not None and any(
+            r.gateway == name for r in virtual_radios(self.spec)
+        ):
+            return float(self.spec.virtual.mesh.time_scale)
+        return 1.0
+
+    def mesh_control(self, name: str) -> MeshControl:
+        """Meter power and interference for the gateway's emulated mesh (virtual lab only)."""
+        if not any(r.gateway == name for r in virtual_radios(self.spec)):
+            raise BenchError(
+                f"gateway {name} has no emulated mesh; meter power control exists only in "
+                "the virtual lab"
+            )
+        return MeshControl(radio_dir(self.spec) / CONTROL_SOCKET, name)
+
+    def attenuator(self, name: str) -> tuple[Attenuator, int, AttenuatorChannel]:
+        """The attenuator channel in line with the gateway's dongle, with its limits."""
+        radio = self.spec.gateway(name).radio
+        link = radio.attenuator if radio is not None else None
+        if link is None:
+            raise BenchError(f"gateway {name} has no attenuator in rig '{self.spec.name}'")
+        attenuator = self.attenuators.get(link.instrument)
+        if attenuator is None:
+            raise BenchError(f"attenuator {link.instrument} of gateway {name} is unavailable")
+        limits = self.spec.attenuators[link.instrument].channels[link.channel]
+        return attenuator, link.channel, limits
 
     def radio_port(self, name: str) -> SerialPort:
         """An open serial port to the gateway's radio dongle, with its transcript kept in
@@ -98,7 +145,9 @@ class BenchSession:
         )
         gateways = {name: ConnectedGateway(spec.gateway(name)) for name in selected}
         session = cls(spec=spec, store=store, gateways=gateways, lab=lab, owns_lab=owns)
+        session.clear_stale_faults(say)
         session.power_up(say)
+        session.open_attenuators(say)
         session.check_health(say)
         return session
 
@@ -129,6 +178,56 @@ class BenchSession:
                 say(f"fieldrig: INFRASTRUCTURE ERROR supply {name} unavailable: {exc}")
                 continue
             self.supplies[name] = psu
+
+    def clear_stale_faults(self, say: Callable[[str], None]) -> None:
+        """Remove link faults a killed run left on this rig's backhauls (owner mark dead)."""
+        namespaces: list[str | None] = sorted(
+            {
+                gw.backhaul.netns.namespace if gw.backhaul.netns else None
+                for gw in self.spec.gateways
+                if gw.backhaul is not None
+            },
+            key=lambda ns: ns or "",
+        )
+        if not namespaces:
+            return
+        for stale in clear_stale(namespaces):
+            self.store.record_event(gateway=None, kind="stale_fault_removed", message=str(stale))
+            say(f"fieldrig: removed a stale fault left by a killed run: {stale}")
+
+    def backhaul(self, name: str) -> LinkTarget:
+        """Where the gateway's backhaul can be impaired (never its management link)."""
+        link = self.spec.gateway(name).backhaul
+        if link is None:
+            raise BenchError(f"gateway {name} has no backhaul in rig '{self.spec.name}'")
+        return LinkTarget.from_backhaul(link)
+
+    def fault_protection(self) -> Protection:
+        """The management paths no fault may touch: every gateway's SSH host."""
+        return Protection.for_rig(self.spec)
+
+    def record_fault(self, gateway: str | None, event: dict[str, Any]) -> None:
+        """A fault timeline event into the run's records (a FaultTimeline sink)."""
+        self.store.record_event(
+            gateway=gateway, kind=f"fault_{event['action']}", message=json.dumps(event)
+        )
+
+    def open_attenuators(self, say: Callable[[str], None]) -> None:
+        """Open every attenuator and put each channel at its safe setting (which also clears
+        what a crashed run left behind)."""
+        if not self.spec.attenuators:
+            return
+        from bench.instruments.registry import open_attenuator
+
+        for name, spec in self.spec.attenuators.items():
+            try:
+                attenuator = open_attenuator(name, spec)
+                attenuator.safe_state()
+            except BenchError as exc:
+                self.store.record_event(gateway=None, kind="instrument_failed", message=str(exc))
+                say(f"fieldrig: INFRASTRUCTURE ERROR attenuator {name} unavailable: {exc}")
+                continue
+            self.attenuators[name] = attenuator
 
     def power(self, gateway: str) -> tuple[PowerSupply, int, SupplyChannelMeter | ArraySupplyMeter]:
         """The supply and channel that power a gateway, and a meter on that channel (the
@@ -186,6 +285,12 @@ class BenchSession:
             self._guards.pop(name).remove()
         for guard in self._guards.values():  # supplies that failed while being set up
             guard.remove()
+        for name, attenuator in self.attenuators.items():
+            try:
+                attenuator.close()  # every channel back to its safe setting
+            except BenchError as exc:
+                self.store.record_event(gateway=None, kind="safe_state_failed", message=str(exc))
+                say(f"fieldrig: INFRASTRUCTURE ERROR attenuator {name}: {exc}")
         for warning in self.store.finish(status):
             say(f"fieldrig: {warning}")
         if self.lab is not None and self.owns_lab and not keep_lab:

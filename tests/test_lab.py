@@ -63,8 +63,13 @@ def leftovers(lab: VirtualLab) -> list[str]:
                 cmdline = (pid_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode()
             except OSError:
                 continue
-            if str(plan.state_dir) in cmdline and int(pid_dir.name) != os.getpid():
+            ours = str(plan.state_dir) in cmdline or (
+                "bench.lab." in cmdline and f"--rig {lab.rig.source_path} " in f"{cmdline} "
+            )
+            if ours and int(pid_dir.name) != os.getpid():
                 found.append(f"process {pid_dir.name}: {cmdline}")
+    if (plan.state_dir / "radio").exists():
+        found.append(f"directory {plan.state_dir / 'radio'}")
     mounts = Path("/proc/self/mountinfo").read_text()
     found += [
         f"mount {line}" for line in mounts.splitlines() if f"/run/netns/{plan.prefix}" in line

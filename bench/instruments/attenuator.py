@@ -300,6 +300,7 @@ class MiniCircuitsAttenuator:
 
     def _release(self) -> None:
         self._closed = True
-        for close in (self._res.close, self._rm.close):
-            with contextlib.suppress(visa_errors.Error, OSError):
-                close()
+        # Only our own session: pyvisa-py resource managers share one library session, and
+        # closing it would close every other instrument this process has open.
+        with contextlib.suppress(visa_errors.Error, OSError):
+            self._res.close()

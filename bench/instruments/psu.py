@@ -542,9 +542,10 @@ class ScpiPsu:
 
     def _release(self) -> None:
         self._closed = True
-        for close in (self._res.close, self._rm.close):
-            with contextlib.suppress(visa_errors.Error, OSError):
-                close()
+        # Only our own session: pyvisa-py resource managers share one library session, and
+        # closing it would close every other instrument this process has open.
+        with contextlib.suppress(visa_errors.Error, OSError):
+            self._res.close()
 
 
 def open_psu(name: str, instrument: Instrument, *, resource_manager: str = "@py") -> ScpiPsu:

@@ -32,10 +32,11 @@ from bench.radio.spinel import (
     pack_data_wlen,
     pack_ipv6,
     pack_u8,
+    pack_u16,
     pack_u32,
 )
 from bench.radio.spinel_emulator import PropertyError, SpinelEmulator
-from bench.radio.spinel_mesh import encode_neighbours, encode_routes
+from bench.radio.spinel_mesh import PAGE_ENTRIES, encode_neighbours, encode_routes
 from bench.transport.ptyport import PtyDevice
 
 NCP_VERSION = "fieldrig-wisun-br/1.0; virtual mesh"
@@ -75,6 +76,8 @@ class MeshNcp:
         #: the simulator's verdict on every probe the host sent, newest last
         self.history: collections.deque[ProbeResult] = collections.deque(maxlen=_MAX_PENDING)
         self._pending: dict[int, _Pending] = {}
+        self._offset = 0
+        self._tables: tuple[list[MeshNeighbour], list[MeshRoute]] = ([], [])
         self._stop = threading.Event()
         self._clock: threading.Thread | None = None
         self._wall0 = 0.0
@@ -82,8 +85,9 @@ class MeshNcp:
         e = self.emulator
         e.add_property(Prop.NET_ROLE, lambda: pack_u8(ROLE_LEADER))
         e.add_property(Prop.IPV6_ML_ADDR, self._root_address)
-        e.add_property(Prop.MESH_NEIGHBOURS, self._neighbours)
-        e.add_property(Prop.MESH_ROUTES, self._routes)
+        e.add_property(Prop.MESH_TABLE_OFFSET, self._get_offset, self._set_offset)
+        e.add_property(Prop.MESH_NEIGHBOURS, self._neighbours_page)
+        e.add_property(Prop.MESH_ROUTES, self._routes_page)
         for prop, name in (
             (Prop.CNTR_TX_PKT_TOTAL, "attempts"),
             (Prop.CNTR_TX_PKT_ACKED, "acks"),
@@ -107,16 +111,30 @@ class MeshNcp:
     def _root_address(self) -> bytes:
         return pack_ipv6(ipaddress.IPv6Address(self.sim.address(0)).packed)
 
-    def _neighbours(self) -> bytes:
+    def _get_offset(self) -> bytes:
+        return pack_u16(self._offset)
+
+    def _set_offset(self, value: bytes) -> None:
+        self._offset = Unpacker(value).u16()
+        if self._offset == 0:
+            self._tables = (self._neighbours(), self._routes())
+
+    def _neighbours_page(self) -> bytes:
+        entries = self._tables[0][self._offset : self._offset + PAGE_ENTRIES]
+        return encode_neighbours(entries)
+
+    def _routes_page(self) -> bytes:
+        return encode_routes(self._tables[1][self._offset : self._offset + PAGE_ENTRIES])
+
+    def _neighbours(self) -> list[MeshNeighbour]:
         with self.lock:
-            entries = [
+            return [
                 MeshNeighbour(self.sim.address(n.node), n.rssi_dbm, n.etx)
                 for n in self.sim.neighbours(0)
                 if self.sim.is_powered(n.node)
             ]
-        return encode_neighbours(entries)
 
-    def _routes(self) -> bytes:
+    def _routes(self) -> list[MeshRoute]:
         routes: list[MeshRoute] = []
         with self.lock:
             sim = self.sim
@@ -132,7 +150,7 @@ class MeshNcp:
                         hops=len(path) - 1,
                     )
                 )
-        return encode_routes(routes)
+        return routes
 
     # -- packets ---------------------------------------------------------------------------
 

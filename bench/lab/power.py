@@ -11,20 +11,18 @@ Run by the lab as ``python -m bench.lab.power --rig PATH`` on 127.0.0.1 only.
 
 from __future__ import annotations
 
-import argparse
 import random
-import signal
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from types import FrameType
 
 from bench.boards import BOARDS, BoardProfile
-from bench.errors import BenchError, LabError
+from bench.errors import LabError
 from bench.lab import cgroups
 from bench.lab.scpi_server import ScpiPsuServer
+from bench.lab.service import Started, run_service
 from bench.lab.virtual import VirtualLab, power_supply_of
-from bench.rig import Rig, load_rig
+from bench.rig import Rig
 
 NOISE_FRACTION = 0.01  # 1 % of the idle current, Gaussian
 
@@ -123,27 +121,15 @@ def serve(rig: Rig) -> ScpiPsuServer:
     return server
 
 
+def _start(rig: Rig) -> Started:
+    server = serve(rig)
+    return f"on {server.resource}", server.stop
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.lab.power", description=__doc__)
-    parser.add_argument("--rig", required=True)
-    args = parser.parse_args(argv)
-    try:
-        server = serve(load_rig(args.rig))
-    except (BenchError, OSError) as exc:
-        print(f"fieldrig virtual supply: {exc}", flush=True)
-        return 2
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    print(f"fieldrig virtual supply on {server.resource}", flush=True)
-    while not stop.wait(1.0):
-        pass
-    server.stop()
-    return 0
+    return run_service(
+        "python -m bench.lab.power", "fieldrig virtual supply", __doc__, argv, _start
+    )
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,10 +32,25 @@ from pathlib import Path
 from bench.boards import BOARDS
 from bench.errors import LabError
 from bench.lab import cgroups, system
+from bench.lab.radio_plan import CONTROL_SOCKET, attenuator_of, radio_dir, virtual_radios
 from bench.rig import Rig
 
 # Bump when the way a lab is built changes, so labs built the old way are rebuilt.
-LAB_FORMAT = 5
+LAB_FORMAT = 6
+SERVICE_START_S = 30
+
+
+@dataclass(frozen=True)
+class LabService:
+    """A helper process of the lab: ``python -m <module> --rig <file>``, pid in state_dir."""
+
+    name: str
+    module: str
+    title: str
+
+
+SUPPLY = LabService("supply", "bench.lab.power", "virtual supply")
+RADIOS = LabService("radio", "bench.lab.radio", "virtual radios")
 
 # Directories each gateway gets its own copy of (bind mounts from its disk).
 PRIVATE_DIRS = (Path("/root"), Path("/tmp"))
@@ -153,6 +168,8 @@ class LabStatus:
     built_as_planned: bool = True
     supply: str | None = None  # the virtual supply's resource, when the rig has one
     supply_running: bool = True
+    radios: list[str] = field(default_factory=list)  # gateways with an emulated dongle
+    radios_running: bool = True
 
     @property
     def healthy(self) -> bool:
@@ -160,6 +177,7 @@ class LabStatus:
         return (
             self.built_as_planned
             and self.supply_running
+            and self.radios_running
             and self.bridge_present
             and self.cloud_present
             and bool(self.gateways)
@@ -224,14 +242,21 @@ class VirtualLab:
         supply = power_supply_of(self.rig)
         if supply is not None:
             status.supply = f"TCPIP::127.0.0.1::{supply[1]}::SOCKET"
-            status.supply_running = self._supply_pid() is not None
+            status.supply_running = self._service_pid(SUPPLY) is not None
+        radios = virtual_radios(self.rig)
+        if radios:
+            status.radios = [r.gateway for r in radios]
+            status.radios_running = self._service_pid(RADIOS) is not None and all(
+                r.path.exists() for r in radios
+            )
         return status
 
     def digest(self) -> str:
         """Identifies what the lab should be; a lab built from another rig is rebuilt."""
         spec = self.rig.virtual
         profiles = [BOARDS[gw.board] for gw in self.plan.gateways]
-        text = repr((LAB_FORMAT, self.plan, spec.board_python if spec else None, profiles))
+        extra = (spec.board_python, spec.mesh) if spec else None
+        text = repr((LAB_FORMAT, self.plan, extra, profiles, virtual_radios(self.rig)))
         return hashlib.sha256(text.encode()).hexdigest()
 
     def _built_digest(self) -> str | None:
@@ -347,44 +372,59 @@ class VirtualLab:
             path.parent.mkdir(exist_ok=True)
             path.write_text(state + "\n")
 
-    def _supply_pid(self) -> int | None:
+    def _service_pid(self, service: LabService) -> int | None:
         try:
-            pid = int((self.plan.state_dir / "supply.pid").read_text())
+            pid = int((self.plan.state_dir / f"{service.name}.pid").read_text())
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except (OSError, ValueError):
             return None
-        return pid if b"bench.lab.power" in cmdline and system.pid_alive(pid) else None
+        return pid if service.module.encode() in cmdline and system.pid_alive(pid) else None
+
+    def _start_service(self, service: LabService, ready: Callable[[], bool]) -> None:
+        """Start ``python -m <module> --rig <file>`` detached; wait until ``ready()``."""
+        if self.rig.source_path is None:
+            raise LabError(f"rig '{self.rig.name}': the {service.title} needs the rig as a file")
+        log_path = self.plan.state_dir / f"{service.name}.log"
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", service.module, "--rig", str(self.rig.source_path)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+            )  # fmt: skip
+        (self.plan.state_dir / f"{service.name}.pid").write_text(f"{proc.pid}\n")
+        deadline = time.monotonic() + SERVICE_START_S
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise LabError(f"the {service.title} exited ({proc.returncode}); see {log_path}")
+            if ready():
+                return
+            time.sleep(0.05)
+        raise LabError(
+            f"the {service.title} was not ready within {SERVICE_START_S} s; see {log_path}"
+        )
+
+    def _stop_service(self, service: LabService) -> None:
+        pid = self._service_pid(service)
+        if pid is not None:
+            system.kill_all([pid])
+        (self.plan.state_dir / f"{service.name}.pid").unlink(missing_ok=True)
 
     def _start_supply(self) -> None:
         supply = power_supply_of(self.rig)
-        if supply is None:
-            return
-        port = supply[1]
-        if self.rig.source_path is None:
-            raise LabError(f"rig '{self.rig.name}': a virtual supply needs the rig as a file")
-        with open(self.plan.state_dir / "supply.log", "ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "bench.lab.power", "--rig", str(self.rig.source_path)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-            )  # fmt: skip
-        (self.plan.state_dir / "supply.pid").write_text(f"{proc.pid}\n")
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise LabError(
-                    f"the virtual supply exited ({proc.returncode}); see "
-                    f"{self.plan.state_dir / 'supply.log'}"
-                )
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                return
-            time.sleep(0.05)
-        raise LabError(f"the virtual supply did not listen on 127.0.0.1:{port} within 15 s")
+        if supply is not None:
+            self._start_service(SUPPLY, lambda: _listens(supply[1]))
 
-    def _stop_supply(self) -> None:
-        pid = self._supply_pid()
-        if pid is not None:
-            system.kill_all([pid])
-        (self.plan.state_dir / "supply.pid").unlink(missing_ok=True)
+    def _start_radios(self) -> None:
+        radios = virtual_radios(self.rig)
+        if not radios:
+            return
+        attenuator = attenuator_of(self.rig)
+        control = radio_dir(self.rig) / CONTROL_SOCKET
+
+        def ready() -> bool:
+            ports = all(r.path.exists() for r in radios) and control.exists()
+            return ports and (attenuator is None or _listens(attenuator[1]))
+
+        self._start_service(RADIOS, ready)
 
     def _gateway(self, name: str) -> GatewayPlan:
         for gw in self.plan.gateways:
@@ -401,8 +441,10 @@ class VirtualLab:
 
     def _teardown(self) -> None:
         plan = self.plan
-        self._stop_supply()
+        self._stop_service(SUPPLY)
+        self._stop_service(RADIOS)
         shutil.rmtree(plan.state_dir / "power", ignore_errors=True)
+        shutil.rmtree(plan.state_dir / "radio", ignore_errors=True)
         namespaces = [n for n in system.netns_list() if n.startswith(plan.prefix)]
         for ns in namespaces:
             system.kill_all(system.netns_pids(ns))
@@ -436,6 +478,7 @@ class VirtualLab:
         self._write_known_hosts()
         self._wait_for_ssh(plan.gateways)
         self._start_supply()
+        self._start_radios()
         (plan.state_dir / "lab.json").write_text(json.dumps({"digest": self.digest()}) + "\n")
 
     def _build_gateway(self, gw: GatewayPlan) -> None:
@@ -590,6 +633,12 @@ class VirtualLab:
         if pending:
             names = ", ".join(gw.name for gw in pending)
             raise LabError(f"sshd of {names} did not answer within 15 s; see var/log/sshd.log")
+
+
+def _listens(port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+        return True
+    return False
 
 
 def power_supply_of(rig: Rig) -> tuple[str, int] | None:

@@ -20,7 +20,11 @@ Sources checked (facts only; the code here is our own):
   driver; a real NCP needs its vendor's ids mapped in :mod:`bench.radio.spinel_radio`):
   MESH_NEIGHBOURS 15360 = ``A(t(6cS))`` (neighbour address, RSSI dBm, ETX x 128 as RPL
   encodes it) and MESH_ROUTES 15361 = ``A(t(666C))`` (destination, next hop, DAO parent,
-  hop count), each struct prefixed by its U16 length (PROTOCOL.md 7.4/7.5).
+  hop count), each struct prefixed by its U16 length (PROTOCOL.md 7.4/7.5). A table of
+  thousands of meters does not fit one frame (OpenThread caps frames at 1300 bytes,
+  ``SPINEL_FRAME_MAX_SIZE``), so the tables are paged: SET MESH_TABLE_OFFSET 15362 (``S``)
+  to the first entry wanted, then GET returns at most one page from there; OFFSET 0 takes a
+  fresh snapshot the following pages come from.
 * TI Wi-SUN NCP's copy of ``spinel.h`` (same header layout and command numbers;
   ``SPINEL_PROTOCOL_TYPE_WISUN`` = 4, NET_ROLE at NET__BEGIN + 3).
 * Packed unsigned integers: EXI-style, 7 bits per byte, least significant group first, bit
@@ -102,6 +106,7 @@ class Prop(IntEnum):
     CNTR_TX_IP_DROPPED = _CNTR_BEGIN + 202
     MESH_NEIGHBOURS = _VENDOR_BEGIN + 0
     MESH_ROUTES = _VENDOR_BEGIN + 1
+    MESH_TABLE_OFFSET = _VENDOR_BEGIN + 2
 
 
 # ---------------------------------------------------------------- packed unsigned integers

@@ -23,6 +23,9 @@ from bench.radio.spinel import (
 )
 
 ETX_SCALE = 128
+#: entries per GET page of either table, so a frame stays under SPINEL_FRAME_MAX_SIZE (1300
+#: bytes): a route entry is 2 + 49 bytes, a neighbour entry 2 + 19
+PAGE_ENTRIES = 24
 _UNKNOWN_ETX = 0xFFFF
 
 

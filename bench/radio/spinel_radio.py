@@ -13,7 +13,14 @@ import collections
 import ipaddress
 import time
 
-from bench.radio.capability import DongleIdentity, DongleState, ProbeEcho, Topology
+from bench.radio.capability import (
+    DongleIdentity,
+    DongleState,
+    MeshNeighbour,
+    MeshRoute,
+    ProbeEcho,
+    Topology,
+)
 from bench.radio.icmpv6 import ECHO_REPLY, ECHO_REQUEST, Echo, PacketError, decode_echo
 from bench.radio.spinel import (
     PROTOCOL_TYPE_THREAD,
@@ -24,9 +31,10 @@ from bench.radio.spinel import (
     SpinelFrame,
     Unpacker,
     pack_data_wlen,
+    pack_u16,
 )
 from bench.radio.spinel_driver import SpinelDriver
-from bench.radio.spinel_mesh import decode_neighbours, decode_routes
+from bench.radio.spinel_mesh import PAGE_ENTRIES, decode_neighbours, decode_routes
 from bench.transport.serial import SerialPort
 
 #: NET_ROLE values (OpenThread ``SPINEL_NET_ROLE_*``); our emulated border router, the
@@ -117,8 +125,22 @@ class SpinelRadio:
         return DongleState(role=role, joined=role_value != 0, counters=counters)
 
     def topology(self) -> Topology:
-        neighbours = decode_neighbours(self.driver.get(Prop.MESH_NEIGHBOURS, self.timeout_s))
-        routes = decode_routes(self.driver.get(Prop.MESH_ROUTES, self.timeout_s))
+        """Both tables, page by page from one snapshot (OFFSET 0 takes it)."""
+        neighbours: list[MeshNeighbour] = []
+        routes: list[MeshRoute] = []
+        more_neighbours = more_routes = True
+        offset = 0
+        while more_neighbours or more_routes:
+            self.driver.set(Prop.MESH_TABLE_OFFSET, pack_u16(offset), self.timeout_s)
+            if more_neighbours:
+                page_n = decode_neighbours(self.driver.get(Prop.MESH_NEIGHBOURS, self.timeout_s))
+                neighbours += page_n
+                more_neighbours = len(page_n) == PAGE_ENTRIES
+            if more_routes:
+                page_r = decode_routes(self.driver.get(Prop.MESH_ROUTES, self.timeout_s))
+                routes += page_r
+                more_routes = len(page_r) == PAGE_ENTRIES
+            offset += PAGE_ENTRIES
         self._drop_stream_frames()
         return Topology(neighbours=neighbours, routes=routes)
 

@@ -11,7 +11,12 @@ from bench.results import RunStore
 
 DEFAULT_RUNS_DIR = Path("reports/runs")
 # parameters that tell two records of one metric apart, shown in the summary
-CONTEXT_KEYS = ("model", "variant", "threads", "delegate")
+CONTEXT_KEYS = (
+    *("model", "variant", "threads", "delegate"),
+    *("hops", "attenuation_db", "phase", "backhaul", "parent"),
+)
+# more rows than this for one metric in one context (per-probe fates) become one line
+COLLAPSE_ROWS = 10
 
 
 def resolve_run(run: str | Path, runs_dir: Path = DEFAULT_RUNS_DIR) -> Path:
@@ -71,13 +76,20 @@ def render_summary(run_dir: Path) -> str:
     if len(measurements):
         lines += ["## Measurements", "", "| gateway | suite | metric | for | value | unit |",
                   "|---|---|---|---|---|---|"]  # fmt: skip
+        groups: dict[tuple[str, str, str, str, str], list[Any]] = {}
         for _, row in measurements.iterrows():
             params = row["parameters"] if isinstance(row["parameters"], dict) else {}
             context = ", ".join(f"{k}={params[k]}" for k in CONTEXT_KEYS if k in params)
-            lines.append(
-                f"| {row['gateway']} | {row['suite']} | {row['metric']} | {context} | "
-                f"{_fmt(row['value'])} | {row['unit']} |"
-            )
+            key = (str(row["gateway"]), row["suite"], row["metric"], context, row["unit"])
+            groups.setdefault(key, []).append(row["value"])
+        for (gateway, suite, metric, context, unit), values in groups.items():
+            shown = [_fmt(v) for v in values]
+            if len(values) > COLLAPSE_ROWS:
+                numbers = [float(v) for v in values if isinstance(v, int | float | bool)]
+                mean = f", mean {sum(numbers) / len(numbers):.4g}" if numbers else ""
+                shown = [f"{len(values)} records{mean}"]
+            for value in shown:
+                lines.append(f"| {gateway} | {suite} | {metric} | {context} | {value} | {unit} |")
         lines.append("")
     return "\n".join(lines)
 
