@@ -31,9 +31,9 @@ def test_hostname(gateway, results):
 def test_coral_only(gateway):
     assert gateway.spec.board == "coral-devboard"
 
-@pytest.mark.needs("radio")
+@pytest.mark.needs("radio", "psu", "backhaul")
 def test_needs_radio(gateway):
-    raise AssertionError("must be skipped: no gateway has a radio")
+    assert gateway.spec.radio is not None and gateway.spec.power is not None
 
 @pytest.mark.tag("cuda")
 def test_cuda(gateway):
@@ -60,7 +60,7 @@ def read_jsonl(path: Path) -> list[dict[str, object]]:
 def test_suite_ids_markers_and_records(pytester: pytest.Pytester, lab: VirtualLab) -> None:
     pytester.makepyfile(test_suite=SUITE)
     result = pytester.runpytest_subprocess("--rig=virtual", "-v", "-rs")
-    result.assert_outcomes(passed=8, failed=1, skipped=7)
+    result.assert_outcomes(passed=11, failed=1, skipped=4)
     result.stdout.fnmatch_lines(
         [
             "*test_hostname[[]gw1[]] PASSED*",
@@ -72,7 +72,6 @@ def test_suite_ids_markers_and_records(pytester: pytest.Pytester, lab: VirtualLa
     result.stdout.fnmatch_lines(
         [
             "*gw1 is a rpi4; test needs board coral-devboard*",
-            "*gw2 has no radio capability in the rig*",
             "*gw1 lacks tag cuda*",
         ]
     )
@@ -90,7 +89,7 @@ def test_suite_ids_markers_and_records(pytester: pytest.Pytester, lab: VirtualLa
     }
     assert outcomes["test_fail[gw2]"] == "failed"
     assert outcomes["test_fail[gw1]"] == "passed"
-    assert outcomes["test_needs_radio[gw1]"] == "skipped"
+    assert outcomes["test_needs_radio[gw1]"] == "passed"
     assert (run_dir / "measurements.parquet").exists() and (run_dir / "outcomes.parquet").exists()
     inventory = json.loads((run_dir / "inventory.json").read_text())
     assert inventory["gw2"]["board_model"] == "NVIDIA Jetson Orin Nano Developer Kit"
@@ -198,16 +197,25 @@ def test_killed_run_keeps_its_records(pytester: pytest.Pytester, lab: VirtualLab
 def test_plugin_brings_its_own_lab_up_and_down(pytester: pytest.Pytester) -> None:
     rig = small_rig(pytester.path, "tplug", 43)
     own = VirtualLab(load_rig(rig))
-    pytester.makepyfile(test_one="def test_x(gateway):\n    assert gateway.run(['true']).ok\n")
+    pytester.makepyfile(
+        test_one="import pytest\n\n"
+        "def test_x(gateway):\n    assert gateway.run(['true']).ok\n\n"
+        "@pytest.mark.needs('radio')\n"
+        "def test_radio(gateway):\n    raise AssertionError('must be skipped: no radio')\n"
+    )
     try:
-        result = pytester.runpytest_subprocess(f"--rig={rig}")
-        result.assert_outcomes(passed=2)
+        result = pytester.runpytest_subprocess(f"--rig={rig}", "-rs")
+        result.assert_outcomes(passed=2, skipped=2)
         result.stdout.fnmatch_lines(
-            ["fieldrig: virtual lab 'tplug' up", "fieldrig: virtual lab 'tplug' down"]
+            [
+                "fieldrig: virtual lab 'tplug' up",
+                "fieldrig: virtual lab 'tplug' down",
+                "*g0 has no radio capability in the rig*",
+            ]
         )
         assert leftovers(own) == []
         kept = pytester.runpytest_subprocess(f"--rig={rig}", "--keep-lab")
-        kept.assert_outcomes(passed=2)
+        kept.assert_outcomes(passed=2, skipped=2)
         assert own.status().healthy
     finally:
         own.down(purge=True)

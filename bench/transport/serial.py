@@ -103,9 +103,10 @@ class SerialPort:
     # -- opening and closing -------------------------------------------------------------
 
     def _connect(self) -> _Link:
-        link: _Link = serial.serial_for_url(
-            self.url, baudrate=self.baudrate, timeout=_POLL_S, write_timeout=_WRITE_TIMEOUT_S
-        )
+        options: dict[str, float] = {"timeout": _POLL_S, "write_timeout": _WRITE_TIMEOUT_S}
+        if self.url.lower().startswith("rfc2217://"):
+            del options["write_timeout"]  # pyserial's RFC 2217 client does not support it
+        link: _Link = serial.serial_for_url(self.url, baudrate=self.baudrate, **options)
         return link
 
     def open(self) -> None:
