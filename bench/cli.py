@@ -1,10 +1,11 @@
-"""The ``fieldrig`` command: lab up/down/status, rig checks, run summaries."""
+"""The ``fieldrig`` command: lab up/down/status, rig checks, run summaries and reports."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from bench import __version__
 from bench.errors import BenchError
@@ -75,6 +76,27 @@ def _summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from bench.report.build import build_report, stderr_progress
+    from bench.report.compare import Settings
+    from bench.report.index import build_index
+
+    runs_dir = Path(args.runs_dir)
+    regressions = 0
+    if not args.index_only:
+        settings = Settings(args.alpha, args.min_effect, args.min_samples).check()
+        files = build_report(args.runs, baseline=args.baseline, out=args.out, runs_dir=runs_dir,
+                             settings=settings, progress=stderr_progress)  # fmt: skip
+        regressions = files.regressions
+        print(f"report: {files.html}")
+        print(f"summary: {files.summary}")
+        print(f"data: {files.out_dir / 'data'}")
+        print(f"{files.regressions} regression(s), {files.failures} failed test(s)")
+    if not args.no_index and any(runs_dir.glob("*/run.json")):
+        print(f"index: {build_index(runs_dir, progress=stderr_progress)}")
+    return 1 if args.fail_on_regression and regressions else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fieldrig", description=__doc__)
     parser.add_argument("--version", action="version", version=f"fieldrig {__version__}")
@@ -91,6 +113,32 @@ def build_parser() -> argparse.ArgumentParser:
     summary = sub.add_parser("summary", help="summarise a run (default: the latest)")
     summary.add_argument("run", nargs="?", default="latest", help="run directory or 'latest'")
     summary.set_defaults(func=_summary)
+    report = sub.add_parser(
+        "report",
+        help="HTML report, Markdown summary and tidy data of runs, optionally against a baseline",
+        description="Report on the newest RUN (sections), the RUNs as a series (change "
+        "points), and the newest RUN against --baseline (regressions). Also rewrites the "
+        "index of every run in --runs-dir (its parent's index.html).",
+    )
+    report.add_argument("runs", nargs="*", default=["latest"], metavar="RUN",
+                        help="run directory or 'latest' (default: latest)")  # fmt: skip
+    report.add_argument("--baseline", metavar="RUN", help="run to compare the newest RUN with")
+    report.add_argument("--out", type=Path, metavar="DIR",
+                        help="output directory (default: reports/<newest run id>/)")  # fmt: skip
+    report.add_argument("--runs-dir", default="reports/runs", metavar="DIR",
+                        help="where latest and the index look (default reports/runs)")  # fmt: skip
+    report.add_argument("--alpha", type=float, default=0.002,
+                        help="Mann-Whitney significance level (default 0.002)")  # fmt: skip
+    report.add_argument("--min-effect", type=float, default=0.05,
+                        help="smallest ratio change that counts (default 0.05)")  # fmt: skip
+    report.add_argument("--min-samples", type=int, default=6,
+                        help="raw samples needed on each side to test (default 6)")  # fmt: skip
+    report.add_argument("--fail-on-regression", action="store_true",
+                        help="exit 1 when a regression is flagged")  # fmt: skip
+    report.add_argument("--no-index", action="store_true", help="do not rewrite the index")
+    report.add_argument("--index-only", action="store_true",
+                        help="only rewrite the index of --runs-dir")  # fmt: skip
+    report.set_defaults(func=_report)
     return parser
 
 

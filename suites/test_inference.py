@@ -81,6 +81,7 @@ def test_accuracy(gateway: ConnectedGateway, model: ModelEntry, results: Recorde
     results.record(
         f"quality.{accuracy['metric']}", accuracy["value"], "1",
         expected=model.quality.value, tolerance=model.quality.tolerance,
-        samples=accuracy["samples"], **run.stack,
+        samples=accuracy["samples"], **{**run.stack, "model": model.name,
+                                        "variant": model.variant},
     )  # fmt: skip
     check_quality(model, run)

@@ -163,11 +163,11 @@ def test_attenuation_sweep(
         pytest.fail(f"{gateway.name}: no meter one hop from the dongle to sweep against")
     targets: Sequence[tuple[str, int | None]] = first_hop
     tmax = tmax_for(3)  # routes may lengthen while the first hop fades
-    prober = _prober(gateway_radio, rig, gateway.name, results, tmax)
     summaries: dict[float, LossSummary] = {}
     try:
         for db in [d for d in SWEEP_DB if d <= limits.max_db]:
             attenuator.set_db(channel, db)
+            prober = _prober(gateway_radio, rig, gateway.name, results, tmax, attenuation_db=db)
             records = prober.run(targets, periodic_schedule(0.25, 80))
             summaries[db] = summarize(records)
             _record_summary(results, "mesh.attenuation", summaries[db], attenuation_db=db)

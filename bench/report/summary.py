@@ -10,6 +10,7 @@ from bench.errors import BenchError
 from bench.results import RunStore
 
 DEFAULT_RUNS_DIR = Path("reports/runs")
+VIRTUAL_LABEL = "VIRTUAL LAB (tests the bench, not silicon)"
 # parameters that tell two records of one metric apart, shown in the summary
 CONTEXT_KEYS = (
     *("model", "variant", "threads", "delegate"),
@@ -36,20 +37,22 @@ def _fmt(value: Any) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
-def render_summary(run_dir: Path) -> str:
-    """The Markdown text of a run's summary."""
-    store = RunStore.open_existing(run_dir)
-    info = store.run_info()
-    label = "VIRTUAL LAB (tests the bench, not silicon)" if info.get("virtual") else "hardware"
-    lines = [
-        f"# fieldrig run {info['run_id']}",
-        "",
+def run_header(info: dict[str, Any]) -> list[str]:
+    """Markdown bullets saying what ran where: rig and label, versions, commit, times."""
+    label = VIRTUAL_LABEL if info.get("virtual") else "hardware"
+    return [
         f"- rig: {info['rig_name']} ({label}), rig file sha256 {str(info.get('rig_sha256'))[:12]}",
         f"- fieldrig {info['fieldrig_version']}, Python {info['python_version']}, "
         f"commit {str(info.get('git_commit'))[:12]}{' (dirty)' if info.get('git_dirty') else ''}",
         f"- from {info['start']} to {info.get('end')}; status {info['status']}",
-        "",
     ]
+
+
+def render_summary(run_dir: Path) -> str:
+    """The Markdown text of a run's summary."""
+    store = RunStore.open_existing(run_dir)
+    info = store.run_info()
+    lines = [f"# fieldrig run {info['run_id']}", "", *run_header(info), ""]
     inventory_path = run_dir / "inventory.json"
     inventory = json.loads(inventory_path.read_text()) if inventory_path.exists() else {}
     if inventory:
