@@ -1,4 +1,5 @@
-"""The ``fieldrig`` command: lab up/down/status, rig checks, run summaries and reports."""
+"""The ``fieldrig`` command: lab up/down/status, rig checks, run summaries, reports and
+placement advice."""
 
 from __future__ import annotations
 
@@ -97,6 +98,12 @@ def _report(args: argparse.Namespace) -> int:
     return 1 if args.fail_on_regression and regressions else 0
 
 
+def _place(args: argparse.Namespace) -> int:
+    from bench.placement.cli import place_command
+
+    return place_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fieldrig", description=__doc__)
     parser.add_argument("--version", action="version", version=f"fieldrig {__version__}")
@@ -139,6 +146,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--index-only", action="store_true",
                         help="only rewrite the index of --runs-dir")  # fmt: skip
     report.set_defaults(func=_report)
+    place = sub.add_parser("place", help="where should a workload's decision run?")
+    place.add_argument("workloads", nargs="+", type=Path, metavar="WORKLOAD")
+    place.add_argument("--runs-dir", type=Path, default=Path("reports/runs"), metavar="DIR")
+    place.add_argument("--json", type=Path, metavar="FILE", help="also write the advice as JSON")
+    place.set_defaults(func=_place)
     return parser
 
 

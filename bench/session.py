@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.errors import BenchError
-from bench.faults import LinkTarget, Protection, clear_stale
+from bench.faults import LinkTarget, Protection, backend_report, clear_stale
 from bench.fleet.inventory import collect_inventory
 from bench.gateway import ConnectedGateway
 from bench.instruments.meter import ArraySupplyMeter, SupplyChannelMeter, supply_meter
@@ -191,6 +191,11 @@ class BenchSession:
         )
         if not namespaces:
             return
+        try:
+            report = backend_report()
+        except BenchError as exc:  # e.g. not root: faults will say so when used
+            report = {"error": str(exc)}
+        self.store.record_event(gateway=None, kind="fault_backends", message=json.dumps(report))
         for stale in clear_stale(namespaces):
             self.store.record_event(gateway=None, kind="stale_fault_removed", message=str(stale))
             say(f"fieldrig: removed a stale fault left by a killed run: {stale}")

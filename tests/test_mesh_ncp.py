@@ -5,6 +5,7 @@ host-measured round trips match the simulator's, faults."""
 from __future__ import annotations
 
 import collections
+import statistics
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -89,9 +90,11 @@ def test_probe_round_trips_match_the_simulator(radio: SpinelRadio, ncp: MeshNcp)
     sim_rtts = sorted(r.rtt_s for r in ncp.history if r.delivered and r.rtt_s is not None)
     host_rtts = sorted(r.rtt_s for r in delivered if r.rtt_s is not None)
     assert len(sim_rtts) == len(host_rtts) == ncp.counters["echoes_sent"]
-    for host, sim in zip(host_rtts, sim_rtts, strict=True):
-        # the host adds serial and scheduling time, scaled into mesh time
-        assert sim - 0.001 <= host <= sim + 0.05 * SCALE
+    extra = [host - sim for host, sim in zip(host_rtts, sim_rtts, strict=True)]
+    # never faster than the simulated radio; the host adds serial and scheduling time
+    # (scaled into mesh time), typically a few ms of wall time, more on a loaded machine
+    assert min(extra) >= -0.001
+    assert statistics.median(extra) <= 0.02 * SCALE
     one_hop = [r for r in delivered if r.hops == 1]
     assert all(r.rtt_s is not None and r.rtt_s >= 2 * frame_airtime_s(40) for r in one_hop)
     assert not prober.strays

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.faults import find_stale
 from bench.gateway import ConnectedGateway
 from bench.instruments.psu import open_psu
 from bench.lab.virtual import VirtualLab
@@ -192,6 +193,46 @@ def test_killed_run_keeps_its_records(pytester: pytest.Pytester, lab: VirtualLab
     assert [r["value"] for r in records] == [0, 1, 2, 3, 4]
     assert json.loads((run_dir / "run.json").read_text())["status"] == "running"
     assert lab.status().healthy
+
+
+def test_fault_of_a_sigkilled_run_is_cleared_by_the_next(
+    pytester: pytest.Pytester, lab: VirtualLab
+) -> None:
+    """pytest SIGKILLed while gw1's backhaul is partitioned: the partition outlives it (no
+    exit path runs), and the next session finds it by its owner mark and removes it first."""
+    marker = pytester.path / "partitioned"
+    pytester.makepyfile(
+        test_cut=f"""
+        import pathlib, time
+        from bench.faults import Partition
+
+        def test_partition_then_hang(gateway, rig):
+            if gateway.name != "gw1":
+                return
+            Partition(rig.backhaul("gw1"), protect=rig.fault_protection()).apply()
+            pathlib.Path({str(marker)!r}).touch()
+            time.sleep(120)
+        """
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "--rig=virtual", "-p", "no:cacheprovider", "test_cut.py"],
+        cwd=pytester.path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert marker.exists(), "the run never partitioned gw1"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    left = find_stale(["fr-virtual-gw1"])
+    assert [s.kind for s in left] == ["partition"], left
+    pytester.makepyfile(test_next="def test_x(gateway):\n    assert gateway.run(['true']).ok\n")
+    result = pytester.runpytest_subprocess("--rig=virtual", "--gateway=gw1", "test_next.py")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*removed a stale fault left by a killed run*partition*"])
+    assert find_stale(["fr-virtual-gw1"]) == []
 
 
 def test_plugin_brings_its_own_lab_up_and_down(pytester: pytest.Pytester) -> None:

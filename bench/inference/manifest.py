@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,9 +62,14 @@ class ModelEntry:
             )
 
 
+MANIFEST_ENV = "FIELDRIG_MODELS_MANIFEST"
+
+
 def load_manifest(path: Path | None = None) -> list[ModelEntry]:
-    """Every model variant listed in the manifest."""
-    path = path or MODELS_DIR / "manifest.yaml"
+    """Every model variant listed in the manifest: ``path``, else the file named by
+    ``$FIELDRIG_MODELS_MANIFEST`` (e.g. a candidate model set), else models/manifest.yaml.
+    A model's ``file`` and ``eval`` are relative to the manifest unless absolute."""
+    path = path or Path(os.environ.get(MANIFEST_ENV) or MODELS_DIR / "manifest.yaml")
     try:
         doc = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:

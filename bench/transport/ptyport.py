@@ -33,7 +33,11 @@ class PtyDevice:
     def __init__(self, directory: Path, name: str = DEFAULT_NAME) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.path: Path = directory / name
-        self._lock = threading.Lock()
+        # Reads wait in select() holding the read lock; writes from other threads only take
+        # the write lock, so a reader waiting for the host never delays a write. Plugging
+        # and unplugging take both, so no fd is closed while in use.
+        self._read_lock = threading.Lock()
+        self._write_lock = threading.Lock()
         self._master: int | None = None
         self._slave: int | None = None
         self._tty_name = ""
@@ -59,13 +63,13 @@ class PtyDevice:
         tmp.unlink(missing_ok=True)
         tmp.symlink_to(tty_name)
         os.replace(tmp, self.path)  # atomic: the path never points at a half-made pty
-        with self._lock:
+        with self._read_lock, self._write_lock:
             # The slave fd stays open so the master never sees EIO while the host reconnects.
             self._master, self._slave, self._tty_name = master, slave, tty_name
 
     def unplug(self) -> None:
         """Pull the cable: remove the symlink, close the pty; unread bytes are lost."""
-        with self._lock:
+        with self._read_lock, self._write_lock:
             self.path.unlink(missing_ok=True)
             for fd in (self._master, self._slave):
                 if fd is not None:
@@ -96,7 +100,7 @@ class PtyDevice:
 
     def write(self, data: bytes) -> None:
         """Send bytes to the host; while unplugged they are dropped, as on a real device."""
-        with self._lock:
+        with self._write_lock:
             fd = self._master
             if fd is None:
                 return
@@ -118,7 +122,7 @@ class PtyDevice:
         deadline = time.monotonic() + timeout
         while True:
             remaining = max(0.0, deadline - time.monotonic())
-            with self._lock:
+            with self._read_lock:
                 fd = self._master
                 if fd is not None and select.select([fd], [], [], min(_POLL_S, remaining))[0]:
                     try:
