@@ -195,7 +195,9 @@ class BenchSession:
             report = backend_report()
         except BenchError as exc:  # e.g. not root: faults will say so when used
             report = {"error": str(exc)}
-        self.store.record_event(gateway=None, kind="fault_backends", message=json.dumps(report))
+        self.store.record_event(
+            gateway=None, kind="link_fault_backends", message=json.dumps(report)
+        )
         for stale in clear_stale(namespaces):
             self.store.record_event(gateway=None, kind="stale_fault_removed", message=str(stale))
             say(f"fieldrig: removed a stale fault left by a killed run: {stale}")

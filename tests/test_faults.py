@@ -36,8 +36,10 @@ from bench.faults import (
     PowerCut,
     Protection,
     RateLimit,
+    RelayDelay,
     backend_report,
     clear_stale,
+    delay,
     find_stale,
     loss,
     partition,
@@ -236,7 +238,9 @@ def test_backend_report_names_a_backend_per_kind_and_is_json() -> None:
     json.dumps(report)
     support = probe()
     assert report["nft"] is support.nft and report["netem"] is support.netem
-    assert set(report["backends"]) == {"loss", "partition", "rate_limit", "flapping", "delay"}
+    assert set(report["backends"]) == {
+        "loss", "partition", "rate_limit", "flapping", "delay", "delay_relay"
+    }  # fmt: skip
     assert report["backends"]["loss"] == "nftables netdev ingress+egress numgen"
     assert (report["backends"]["delay"] is None) is (not support.netem)
     assert probe() is support  # probed once per process
@@ -249,7 +253,8 @@ def test_delay_without_netem_raises_one_line_error() -> None:
         Delay(A, 50, 5)
     message = str(caught.value)
     assert "\n" not in message
-    assert "netem" in message and "relay is not implemented yet" in message
+    assert "netem" in message and "relay" in message
+    assert isinstance(delay(A, 50, 5), Delay if probe().netem else RelayDelay)
 
 
 def test_bad_input_is_refused_in_one_line() -> None:
@@ -498,3 +503,87 @@ def test_sigkilled_owner_leaves_stale_faults_that_clear_stale_removes() -> None:
         state_files = [json.loads(p.read_text()) for p in STATE_DIR.glob("*.json")]
         assert not [s for s in state_files if s.get("namespace") == NS_A]
     assert fieldrig_pieces() == []
+
+
+# --- delay through the userspace relay (kernels without netem) ---------------------------
+
+ECHO_SERVER = """
+import socket, sys
+srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind((sys.argv[1], int(sys.argv[2]))); srv.listen(8); print("ready", flush=True)
+while True:
+    conn, _ = srv.accept()
+    while data := conn.recv(4096):
+        conn.sendall(data)
+    conn.close()
+"""
+
+ECHO_CLIENT = """
+import socket, sys, time, json
+sock = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+rtts = []
+for i in range(int(sys.argv[3])):
+    start = time.perf_counter(); sock.sendall(b"x" * 32); got = b""
+    while len(got) < 32:
+        got += sock.recv(64)
+    rtts.append(time.perf_counter() - start)
+print(json.dumps(rtts))
+"""
+
+
+def _echo_rtts(port: int, count: int = 10) -> list[float]:
+    out = sh("ip", "netns", "exec", NS_A, sys.executable, "-c", ECHO_CLIENT, IP_B, str(port),
+             str(count))  # fmt: skip
+    return [float(x) for x in json.loads(out)]
+
+
+@pytest.fixture
+def echo_server() -> Iterator[int]:
+    port = next(_ports)
+    proc = subprocess.Popen(["ip", "netns", "exec", NS_B, sys.executable, "-c", ECHO_SERVER,
+                             IP_B, str(port)], stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout is not None and proc.stdout.readline().startswith("ready")
+    yield port
+    proc.kill()
+    proc.wait()
+
+
+def test_relay_delays_tcp_both_ways_and_goes_away(echo_server: int) -> None:
+    if probe().netem:
+        pytest.skip("this kernel has netem: delay() uses it, not the relay")
+    before = _echo_rtts(echo_server)
+    with RelayDelay(A, 40.0, protect=Protection.default()) as fault:
+        assert fault.describe()["backend"].startswith("userspace TCP relay")
+        delayed = _echo_rtts(echo_server)
+        assert any("fieldrig_delay" in p for p in fieldrig_pieces())
+    after = _echo_rtts(echo_server)
+    median = sorted(delayed)[len(delayed) // 2]
+    assert 0.080 <= median <= 0.080 + 0.060, delayed  # 40 ms each way, plus scheduling
+    assert max(before) < 0.02 and max(after) < 0.02  # and nothing of it remains
+    assert "delay_relay" not in sh("ps", "-eo", "args")
+
+
+def test_relay_of_a_killed_owner_is_found_and_cleared(echo_server: int) -> None:
+    if probe().netem:
+        pytest.skip("this kernel has netem: delay() uses it, not the relay")
+    child = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import sys, time
+            from bench.faults import Protection, RelayDelay, LinkTarget
+            RelayDelay(LinkTarget({NS_A!r}, {IF_A!r}), 30.0, protect=Protection.default()).apply()
+            print("applied", flush=True)
+            time.sleep(60)
+        """)],
+        cwd=REPO, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert child.stdout is not None and child.stdout.readline().startswith("applied")
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    deadline = time.monotonic() + 5  # the relay notices its owner is gone within a second
+    while "delay_relay" in sh("ps", "-eo", "args") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "delay_relay" not in sh("ps", "-eo", "args")
+    stale = find_stale([NS_A])
+    assert [(s.kind, s.family) for s in stale] == [("delay", "ip")]
+    assert [s.kind for s in clear_stale([NS_A])] == ["delay"]
+    assert max(_echo_rtts(echo_server)) < 0.02  # the redirect is gone with the table

@@ -1,7 +1,8 @@
 """Link faults and power cuts, applied by hand or on a timeline, never outliving their run.
 
 Fault kinds: :class:`Loss`, :class:`Partition`, :class:`RateLimit`, :class:`Flapping`,
-:class:`Delay` (netem hosts only) on a :class:`LinkTarget`, and :class:`PowerCut` on a
+:class:`Delay` (netem; :class:`RelayDelay`, a userspace TCP relay, where the kernel has no
+netem) on a :class:`LinkTarget`, and :class:`PowerCut` on a
 supply channel. Each is a context manager (``with Loss(target, 30): ...``); the lowercase
 helpers say the same thing (``with loss(target, 30): ...``). :class:`FaultTimeline`
 schedules them and records every change. :func:`backend_report` says which mechanism
@@ -25,6 +26,7 @@ from bench.faults.kinds import Delay, Loss, Partition, RateLimit
 from bench.faults.owner import Owner, set_run_id
 from bench.faults.power import PowerCut
 from bench.faults.probe import HostSupport, backend_report, probe
+from bench.faults.relay import RelayDelay
 from bench.faults.stale import StaleFault, clear_stale, find_stale
 from bench.faults.target import LinkTarget
 from bench.faults.timeline import FaultEvent, FaultTimeline, Sink
@@ -49,6 +51,7 @@ __all__ = [
     "PowerCut",
     "Protection",
     "RateLimit",
+    "RelayDelay",
     "Sink",
     "StaleFault",
     "Transition",
@@ -105,9 +108,12 @@ def delay(
     jitter_ms: float = 0.0,
     *,
     protect: Protection | None = None,
-) -> Delay:
-    """``with delay(target, 80, 10): ...`` (netem hosts only) delays egress frames."""
-    return Delay(target, delay_ms, jitter_ms, protect=protect)
+) -> Delay | RelayDelay:
+    """``with delay(target, 80, 10): ...``: netem on egress frames where the kernel has
+    it, else the userspace relay for the TCP connections the target opens."""
+    if probe().netem:
+        return Delay(target, delay_ms, jitter_ms, protect=protect)
+    return RelayDelay(target, delay_ms, jitter_ms, protect=protect)
 
 
 def power_cut(psu: PowerSupply, channel: int) -> PowerCut:

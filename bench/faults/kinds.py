@@ -339,9 +339,9 @@ def _namespace_gone(namespace: str | None) -> bool:
     return namespace is not None and namespace not in system.netns_list()
 
 
-def delete_table(namespace: str | None, table: str) -> None:
-    """Delete nft table ``netdev table``; one that (or whose namespace) is gone is fine."""
-    proc = run_in(namespace, ["nft", "delete", "table", "netdev", table], what="", check=False)
+def delete_table(namespace: str | None, table: str, family: str = "netdev") -> None:
+    """Delete nft table ``family table``; one that (or whose namespace) is gone is fine."""
+    proc = run_in(namespace, ["nft", "delete", "table", family, table], what="", check=False)
     if proc.returncode != 0 and "No such file" not in proc.stderr:
         if _namespace_gone(namespace):
             return

@@ -125,6 +125,7 @@ def _backends(s: HostSupport) -> dict[str, str | None]:
         ),
         "flapping": "nftables netdev ingress+egress drop, toggled" if both else None,
         "delay": "tc netem (egress)" if s.netem else None,
+        "delay_relay": "userspace TCP relay (nft nat redirect)" if s.nft else None,
     }
 
 
@@ -142,8 +143,8 @@ def require(kind: str, where: str) -> str:
         return backend
     if kind == "delay":
         raise FaultUnsupported(
-            f"delay on {where}: this kernel has no netem (sch_netem) and the userspace delay "
-            "relay is not implemented yet; run delay cases on a host whose kernel has netem"
+            f"delay on {where}: this kernel has no netem (sch_netem) for frame delay; use "
+            "bench.faults.delay() (or RelayDelay), which falls back to the userspace relay"
         )
     if not support.nft:
         raise FaultUnsupported(

@@ -41,18 +41,24 @@ class StaleFault:
     table: str | None = None
     tc_handle: str | None = None
     state_file: Path | None = None
+    family: str = "netdev"
 
     def __str__(self) -> str:
         return f"{self.resource} in {self.namespace or 'host'} ({self.kind}): {self.reason}"
+
+
+#: nft families fieldrig makes tables in: netdev (loss, partition, ...), ip (the delay
+#: relay's redirect)
+TABLE_FAMILIES = ("netdev", "ip")
 
 
 def _namespaces() -> list[str | None]:
     return [None, *system.netns_list()]
 
 
-def _stale_tables(namespace: str | None) -> list[StaleFault]:
+def _stale_tables(namespace: str | None, family: str) -> list[StaleFault]:
     what = f"listing nft tables in {namespace or 'host'}"
-    proc = run_in(namespace, ["nft", "list", "tables", "netdev"], what=what, check=False)
+    proc = run_in(namespace, ["nft", "list", "tables", family], what=what, check=False)
     found = []
     for line in proc.stdout.splitlines():
         parts = line.split()
@@ -60,7 +66,7 @@ def _stale_tables(namespace: str | None) -> list[StaleFault]:
             continue
         table = parts[2]
         listing = run_in(
-            namespace, ["nft", "-t", "list", "table", "netdev", table], what=what, check=False
+            namespace, ["nft", "-t", "list", "table", family, table], what=what, check=False
         ).stdout
         comments = _COMMENT.findall(listing)  # the table's first, then its chains'
         if not comments:
@@ -76,11 +82,12 @@ def _stale_tables(namespace: str | None) -> list[StaleFault]:
                 StaleFault(
                     namespace,
                     kind,
-                    f"nft table netdev {table}",
+                    f"nft table {family} {table}",
                     reason,
                     owner,
                     interface=device.group(1) if device else None,
                     table=table,
+                    family=family,
                 )
             )
     return found
@@ -163,7 +170,8 @@ def find_stale(namespaces: list[str | None] | None = None) -> list[StaleFault]:
     if shutil.which("nft") is not None:
         for namespace in where:
             if namespace is None or namespace in system.netns_list():
-                found.extend(_stale_tables(namespace))
+                for family in TABLE_FAMILIES:
+                    found.extend(_stale_tables(namespace, family))
     found.extend(_stale_qdiscs(where, every_state=namespaces is None))
     return found
 
@@ -175,7 +183,7 @@ def clear_stale(namespaces: list[str | None] | None = None) -> list[StaleFault]:
         if stale.owner is not None and stale.owner.dead_reason() is None:
             continue
         if stale.table is not None:
-            delete_table(stale.namespace, stale.table)
+            delete_table(stale.namespace, stale.table, stale.family)
         if stale.tc_handle is not None and stale.interface is not None:
             target = LinkTarget(stale.namespace, stale.interface)
             delete_root_qdisc(target, stale.tc_handle)
