@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 from bench.faults import cleanup
@@ -26,6 +25,7 @@ from bench.faults.kinds import TABLE_PREFIX, delete_table
 from bench.faults.owner import Owner, encode_comment, encode_run_comment
 from bench.faults.probe import probe
 from bench.faults.target import LinkTarget, run_in
+from bench.lab.system import bench_python_env, in_namespace, stop_process
 
 #: SO_MARK of the relay's own upstream sockets (the redirect rule lets them pass)
 RELAY_MARK = 0xF1E1
@@ -102,19 +102,16 @@ class RelayDelay(AppliedWhileInside):
                 "--delay-ms", str(self.delay_ms), "--jitter-ms", str(self.jitter_ms),
                 "--mark", str(RELAY_MARK), "--parent-pid", str(os.getpid()),
                 "--seed", str(self.seed)]  # fmt: skip
-        if self._target.namespace is not None:
-            argv = ["ip", "netns", "exec", self._target.namespace, *argv]
-        repo = str(Path(__file__).resolve().parents[2])
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            p for p in (repo, os.environ.get("PYTHONPATH", "")) if p)}  # fmt: skip
-        relay = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 text=True, env=env, start_new_session=True)  # fmt: skip
+        relay = subprocess.Popen(in_namespace(self._target.namespace, argv),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                 env=bench_python_env(), start_new_session=True)  # fmt: skip
         self._relay = relay
         assert relay.stdout is not None
         deadline = time.monotonic() + _START_S
         line = relay.stdout.readline()  # blocks until the relay speaks or dies
         if not line.startswith(READY) or time.monotonic() > deadline:
-            err = relay.stderr.read().strip().splitlines() if relay.stderr else []
+            self._relay = None
+            err = stop_process(relay).strip().splitlines()
             raise FaultError(
                 f"delay on {self._target}: the relay did not start: "
                 f"{err[-1] if err else 'no output'}"
@@ -145,14 +142,6 @@ class RelayDelay(AppliedWhileInside):
                 self._table = None
             relay, self._relay = self._relay, None
             if relay is not None:
-                relay.terminate()
-                try:
-                    relay.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    relay.kill()
-                    relay.wait(timeout=5)
-                for stream in (relay.stdout, relay.stderr):
-                    if stream is not None:
-                        stream.close()
+                stop_process(relay)
             self._active = False
             cleanup.unregister(self)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from bench.faults.base import FaultError
 from bench.lab import system
+from bench.lab.system import in_namespace
 from bench.rig import BackhaulLink
 
 __all__ = ["COMMAND_TIMEOUT_S", "LinkTarget", "run_in"]
@@ -82,7 +83,7 @@ def run_in(
     Failures raise a one-line :class:`FaultError` naming ``what`` and the tool's own
     error line (nft prints a caret line last, so the ``Error:`` line is picked).
     """
-    full = list(argv) if namespace is None else ["ip", "netns", "exec", namespace, *argv]
+    full = in_namespace(namespace, argv)
     try:
         proc = subprocess.run(
             full,

@@ -33,6 +33,7 @@ from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from bench.errors import InfrastructureError
+from bench.lab.system import in_namespace, stop_process
 
 if TYPE_CHECKING:
     from bench.rig import Rig
@@ -144,12 +145,11 @@ class Collector:
         argv = [sys.executable, "-m", "bench.fleet.collector", "--bind", self.bind,
                 "--port", str(self._port), "--out", str(self.out),
                 "--parent-pid", str(os.getpid())]  # fmt: skip
-        if self.namespace is not None:
-            argv = ["ip", "netns", "exec", self.namespace, *argv]
         with open(self._log, "ab") as log:
             self._proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True
-            )
+                in_namespace(self.namespace, argv), stdin=subprocess.DEVNULL, stdout=log,
+                stderr=log, start_new_session=True,
+            )  # fmt: skip
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             port = self._listening_port()
@@ -180,15 +180,8 @@ class Collector:
 
     def stop(self) -> None:
         """Stop it (SIGTERM, then SIGKILL after 5 s); idempotent."""
-        proc = self._proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        if self._proc is not None:
+            stop_process(self._proc)
 
     def __enter__(self) -> Self:
         return self.start()

@@ -39,8 +39,7 @@ import pyvisa
 from pyvisa import errors as visa_errors
 from pyvisa.resources import MessageBasedResource
 
-from bench.errors import BenchError
-from bench.instruments.psu import InstrumentError, SetpointRefused
+from bench.instruments.psu import InstrumentError, SetpointRefused, on_every_channel
 from bench.rig import AttenuatorChannel
 
 __all__ = [
@@ -192,18 +191,12 @@ class MiniCircuitsAttenuator:
 
     def safe_state(self) -> None:
         """Every declared channel to its ``safe_db``."""
-        failures: list[BenchError] = []
+
+        def to_safe(item: tuple[int, AttenuatorChannel]) -> None:
+            self.set_db(item[0], item[1].safe_db)
+
         with self._lock:
-            for channel, limits in sorted(self.channels.items()):
-                try:
-                    self.set_db(channel, limits.safe_db)
-                except BenchError as exc:
-                    failures.append(exc)
-        if len(failures) == 1:
-            raise failures[0]
-        if failures:
-            more = f" (and {len(failures) - 1} more channel(s) failed)"
-            raise InstrumentError(f"{failures[0]}{more}") from failures[0]
+            on_every_channel(sorted(self.channels.items()), to_safe)
 
     def close(self) -> None:
         """Safe state first, then close the session; a second call does nothing."""

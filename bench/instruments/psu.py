@@ -28,10 +28,10 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import FrameType, TracebackType
-from typing import Any, Protocol, Self, runtime_checkable
+from typing import Any, Protocol, Self, TypeVar, runtime_checkable
 
 import pyvisa
 from pyvisa import errors as visa_errors
@@ -40,6 +40,8 @@ from pyvisa.resources import MessageBasedResource
 from bench.errors import BenchError, InfrastructureError
 from bench.instruments.dialects import DIALECTS, ArrayCommands, Dialect
 from bench.rig import Channel, Instrument
+
+T = TypeVar("T")
 
 __all__ = [
     "MAX_ACQUISITION_S",
@@ -122,6 +124,22 @@ class ArraySupply(PowerSupply, Protocol):
 
 def _number(value: float) -> str:
     return f"{value:.6g}"
+
+
+def on_every_channel(channels: Iterable[T], action: Callable[[T], None]) -> None:
+    """``action`` on every channel even when some fail (a safe state must reach all it
+    can); then raise the first failure, saying how many more channels failed."""
+    failures: list[BenchError] = []
+    for channel in channels:
+        try:
+            action(channel)
+        except BenchError as exc:
+            failures.append(exc)
+    if len(failures) == 1:
+        raise failures[0]
+    if failures:
+        more = f" (and {len(failures) - 1} more channel(s) failed)"
+        raise InstrumentError(f"{failures[0]}{more}") from failures[0]
 
 
 class ScpiPsu:
@@ -287,18 +305,11 @@ class ScpiPsu:
 
     def safe_state(self) -> None:
         """Every declared channel to its safe state (off unless the rig says "on")."""
-        failures: list[BenchError] = []
         with self._lock:
-            for channel, spec in sorted(self.instrument.channels.items()):
-                try:
-                    self.output(channel, spec.safe_state == "on")
-                except BenchError as exc:
-                    failures.append(exc)
-        if len(failures) == 1:
-            raise failures[0]
-        if failures:
-            more = f" (and {len(failures) - 1} more channel(s) failed)"
-            raise InstrumentError(f"{failures[0]}{more}") from failures[0]
+            on_every_channel(
+                sorted(self.instrument.channels.items()),
+                lambda item: self.output(item[0], item[1].safe_state == "on"),
+            )
 
     def close(self) -> None:
         """Safe state first, then close the VISA session; a second call does nothing."""

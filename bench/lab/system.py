@@ -9,6 +9,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from bench.errors import LabError
 
@@ -101,3 +102,41 @@ def kill_all(pids: Sequence[int], grace_s: float = 1.0) -> None:
         if not alive:
             return
     raise LabError(f"processes {alive} survived SIGKILL; check for a hung kernel task (ps -o stat)")
+
+
+def in_namespace(namespace: str | None, argv: Sequence[str]) -> list[str]:
+    """``argv`` as run inside network namespace ``namespace`` (unchanged for None: the host)."""
+    return list(argv) if namespace is None else ["ip", "netns", "exec", namespace, *argv]
+
+
+def bench_python_env() -> dict[str, str]:
+    """This environment, with this checkout first on PYTHONPATH, so a helper started as
+    ``python -m bench.<module>`` (also inside a namespace) runs this very code."""
+    repo = str(Path(__file__).resolve().parents[2])
+    path = os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path}
+
+
+def stop_process(
+    proc: subprocess.Popen[str] | subprocess.Popen[bytes], grace_s: float = 5.0
+) -> str:
+    """Stop a helper started with ``start_new_session=True``: SIGTERM to its process group,
+    SIGKILL after ``grace_s``; wait for it, close its pipes and return what was left unread
+    on its stderr pipe (text; "" without one), for the error message of a failed start.
+    One that has already exited is only waited for."""
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
+        if proc.poll() is not None:
+            break
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=wait_s)
+    proc.wait(timeout=10)
+    leftover = ""
+    if proc.stderr is not None and not proc.stderr.closed:
+        data = proc.stderr.read()
+        leftover = data.decode(errors="replace") if isinstance(data, bytes) else data
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+    return leftover

@@ -18,6 +18,7 @@ from typing import Any, Self
 
 from bench.errors import InfrastructureError
 from bench.gateway import ConnectedGateway
+from bench.lab.system import in_namespace, stop_process
 from bench.mesh.loss import ProbeRecord
 from bench.rig import Rig
 
@@ -52,16 +53,14 @@ class EchoService:
     def start(self) -> Self:
         argv = [sys.executable, str(SOURCE), "serve", "--bind", self.bind, "--port", "0",
                 "--parent-pid", str(os.getpid())]  # fmt: skip
-        if self.namespace is not None:
-            argv = ["ip", "netns", "exec", self.namespace, *argv]
-        self._proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        self._proc = subprocess.Popen(in_namespace(self.namespace, argv),
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       stdin=subprocess.DEVNULL, text=True,
                                       start_new_session=True)  # fmt: skip
         assert self._proc.stdout is not None
         line = self._proc.stdout.readline().split()
         if len(line) != 2 or line[0] != "listening":
-            self.stop()
-            err = (self._proc.stderr.read() if self._proc.stderr else "").strip().splitlines()
+            err = stop_process(self._proc).strip().splitlines()
             raise BackhaulError(
                 f"echo service on {self.bind} in {self.namespace or 'host'} did not start: "
                 f"{err[-1] if err else 'no output'}; is the lab up?"
@@ -70,15 +69,8 @@ class EchoService:
         return self
 
     def stop(self) -> None:
-        proc = self._proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        if self._proc is not None:
+            stop_process(self._proc)
 
     def __enter__(self) -> Self:
         return self.start()

@@ -21,7 +21,6 @@ import argparse
 import contextlib
 import ipaddress
 import json
-import os
 import re
 import signal
 import socket
@@ -39,6 +38,7 @@ from typing import Any, BinaryIO, Self
 from urllib.parse import unquote, urlsplit
 
 from bench.errors import BenchError
+from bench.lab.system import bench_python_env, in_namespace, stop_process
 
 __all__ = [
     "ArtifactServer",
@@ -405,14 +405,9 @@ class ServerProcess:
                 "--socket-timeout", str(self.socket_timeout_s)]  # fmt: skip
         if self.throttle_bps is not None:
             argv += ["--throttle", str(self.throttle_bps)]
-        if self.namespace is not None:
-            argv = ["ip", "netns", "exec", self.namespace, *argv]
-        repo = Path(__file__).resolve().parents[2]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            p for p in (str(repo), os.environ.get("PYTHONPATH", "")) if p)}  # fmt: skip
         proc = subprocess.Popen(
-            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-            start_new_session=True,
+            in_namespace(self.namespace, argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True, env=bench_python_env(), start_new_session=True,
         )  # fmt: skip
         self._proc = proc
         ready = threading.Event()
@@ -426,15 +421,8 @@ class ServerProcess:
 
         threading.Thread(target=wait_ready, daemon=True).start()
         if not ready.wait(self.start_timeout_s) or proc.poll() is not None:
-            stderr = proc.stderr
             self._proc = None
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
-            err = stderr.read().strip().splitlines() if stderr else []
-            for stream in (proc.stdout, stderr):
-                if stream is not None:
-                    stream.close()
+            err = stop_process(proc, grace_s=0.0).strip().splitlines()
             raise ServerError(
                 f"artifact server on {self.bind}:{self.port} did not start within "
                 f"{self.start_timeout_s:g} s: {err[-1] if err else 'no output'}"
@@ -445,19 +433,8 @@ class ServerProcess:
         """Stop the server: SIGTERM (it cuts its connections and logs their transfers,
         so clients see the connection drop), SIGKILL after ``grace_s``."""
         proc, self._proc = self._proc, None
-        if proc is None:
-            return
-        for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
-            if proc.poll() is not None:
-                break
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, sig)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=wait_s)
-        proc.wait(timeout=10)
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
+        if proc is not None:
+            stop_process(proc, grace_s)
 
     def __enter__(self) -> Self:
         return self.start()
