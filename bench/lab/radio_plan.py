@@ -37,7 +37,7 @@ def virtual_radios(rig: Rig) -> list[VirtualRadio]:
         if radio is None or radio.driver != "spinel" or Path(radio.port).parent != directory:
             continue
         channel = radio.attenuator.channel if radio.attenuator is not None else None
-        config = MeshConfig(meters=mesh.meters, seed=mesh.seed + i)
+        config = MeshConfig(meters=mesh.meters_for(gw.name), seed=mesh.seed + i)
         out.append(VirtualRadio(gw.name, Path(radio.port), config, channel))
     return out
 

@@ -31,12 +31,12 @@ from pathlib import Path
 
 from bench.boards import BOARDS
 from bench.errors import LabError
-from bench.lab import cgroups, system
+from bench.lab import bulk, cgroups, system
 from bench.lab.radio_plan import CONTROL_SOCKET, attenuator_of, radio_dir, virtual_radios
 from bench.rig import Rig
 
 # Bump when the way a lab is built changes, so labs built the old way are rebuilt.
-LAB_FORMAT = 6
+LAB_FORMAT = 7
 SERVICE_START_S = 30
 
 
@@ -211,6 +211,8 @@ class VirtualLab:
     def __init__(self, rig: Rig) -> None:
         self.rig = rig
         self.plan = plan_for(rig)
+        self.phases: dict[str, float] = {}
+        """Seconds each phase of the last build here took (disks, network, sshd, ...)."""
 
     # ------------------------------------------------------------------ status
     def status(self) -> LabStatus:
@@ -226,6 +228,10 @@ class VirtualLab:
                 n for n in namespaces if n.startswith(plan.prefix) and n not in ours
             ),
         )
+        present_gws = [g for g in plan.gateways if g.namespace in namespaces]
+        pids = bulk.pids_by_netns(g.namespace for g in present_gws)
+        answering = bulk.each(present_gws, lambda g: ssh_banner(g.mgmt_address))
+        answers = {g.name for g, ok in zip(present_gws, answering, strict=True) if ok}
         for gw in plan.gateways:
             present = gw.namespace in namespaces
             status.gateways.append(
@@ -234,8 +240,8 @@ class VirtualLab:
                     namespace=gw.namespace,
                     address=gw.mgmt_address,
                     namespace_present=present,
-                    sshd_pid=self._sshd_pid(gw) if present else None,
-                    ssh_answers=present and ssh_banner(gw.mgmt_address),
+                    sshd_pid=self._sshd_pid(gw, pids[gw.namespace]) if present else None,
+                    ssh_answers=gw.name in answers,
                     power=self._power_state(gw.name),
                 )
             )
@@ -265,12 +271,15 @@ class VirtualLab:
         except (OSError, ValueError, KeyError):
             return None
 
-    def _sshd_pid(self, gw: GatewayPlan) -> int | None:
+    def _sshd_pid(self, gw: GatewayPlan, netns_pids: list[int] | None = None) -> int | None:
+        """The gateway's sshd, if it runs (``netns_pids``: its namespace's pids, if known)."""
         try:
             pid = int((gw.disk / "run" / "sshd.pid").read_text().strip())
         except (OSError, ValueError):
             return None
-        return pid if system.pid_alive(pid) and pid in system.netns_pids(gw.namespace) else None
+        if netns_pids is None:
+            netns_pids = system.netns_pids(gw.namespace)
+        return pid if system.pid_alive(pid) and pid in netns_pids else None
 
     # ------------------------------------------------------------------ up / down
     def up(self) -> bool:
@@ -327,6 +336,13 @@ class VirtualLab:
         if purge:
             shutil.rmtree(self.plan.state_dir, ignore_errors=True)
 
+    def processes(self) -> list[int]:
+        """Every process of the lab: those in its namespaces, and its helper services."""
+        namespaces = [n for n in system.netns_list() if n.startswith(self.plan.prefix)]
+        pids = {pid for found in bulk.pids_by_netns(namespaces).values() for pid in found}
+        services = (self._service_pid(service) for service in (SUPPLY, RADIOS))
+        return sorted(pids | {pid for pid in services if pid is not None})
+
     def stop_sshd(self, gateway: str) -> None:
         """Kill one gateway's sshd and every session it serves (the link stays up)."""
         gw = self._gateway(gateway)
@@ -382,6 +398,10 @@ class VirtualLab:
 
     def _start_service(self, service: LabService, ready: Callable[[], bool]) -> None:
         """Start ``python -m <module> --rig <file>`` detached; wait until ``ready()``."""
+        self._await_service(service, self._spawn_service(service), ready)
+
+    def _spawn_service(self, service: LabService) -> subprocess.Popen[bytes]:
+        """Start ``python -m <module> --rig <file>`` detached, recording its pid."""
         if self.rig.source_path is None:
             raise LabError(f"rig '{self.rig.name}': the {service.title} needs the rig as a file")
         log_path = self.plan.state_dir / f"{service.name}.log"
@@ -391,6 +411,13 @@ class VirtualLab:
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
             )  # fmt: skip
         (self.plan.state_dir / f"{service.name}.pid").write_text(f"{proc.pid}\n")
+        return proc
+
+    def _await_service(
+        self, service: LabService, proc: subprocess.Popen[bytes], ready: Callable[[], bool]
+    ) -> None:
+        """Wait until a spawned service is ``ready()``; a LabError if it exits or hangs."""
+        log_path = self.plan.state_dir / f"{service.name}.log"
         deadline = time.monotonic() + SERVICE_START_S
         while time.monotonic() < deadline:
             if proc.poll() is not None:
@@ -413,10 +440,11 @@ class VirtualLab:
         if supply is not None:
             self._start_service(SUPPLY, lambda: _listens(supply[1]))
 
-    def _start_radios(self) -> None:
+    def _radios_ready(self) -> Callable[[], bool] | None:
+        """How to tell the radio service is ready; None when the rig emulates no dongle."""
         radios = virtual_radios(self.rig)
         if not radios:
-            return
+            return None
         attenuator = attenuator_of(self.rig)
         control = radio_dir(self.rig) / CONTROL_SOCKET
 
@@ -424,7 +452,7 @@ class VirtualLab:
             ports = all(r.path.exists() for r in radios) and control.exists()
             return ports and (attenuator is None or _listens(attenuator[1]))
 
-        self._start_service(RADIOS, ready)
+        return ready
 
     def _gateway(self, name: str) -> GatewayPlan:
         for gw in self.plan.gateways:
@@ -446,13 +474,14 @@ class VirtualLab:
         shutil.rmtree(plan.state_dir / "power", ignore_errors=True)
         shutil.rmtree(plan.state_dir / "radio", ignore_errors=True)
         namespaces = [n for n in system.netns_list() if n.startswith(plan.prefix)]
-        for ns in namespaces:
-            system.kill_all(system.netns_pids(ns))
-        for ns in namespaces:
-            system.run(["ip", "netns", "del", ns], check=False)
-        for link in system.link_names():
-            if link == plan.bridge or link.startswith(f"frm-{plan.lab_id}-"):
-                system.run(["ip", "link", "del", link], check=False)
+        system.kill_all([pid for pids in bulk.pids_by_netns(namespaces).values() for pid in pids])
+        bulk.ip_batch([f"netns del {ns}" for ns in namespaces], force=True)
+        links = [
+            link
+            for link in system.link_names()
+            if link == plan.bridge or link.startswith(f"frm-{plan.lab_id}-")
+        ]
+        bulk.ip_batch([f"link del {link}" for link in links], force=True)
         cgroups.remove(plan.lab_id)
         leftovers = [n for n in system.netns_list() if n.startswith(plan.prefix)]
         if leftovers:
@@ -460,46 +489,75 @@ class VirtualLab:
 
     def _build(self) -> None:
         plan = self.plan
-        self._prepare_keys()
-        self._check_subnet_free()
-        ip = system.run
-        ip(["ip", "link", "add", plan.bridge, "type", "bridge"])
-        ip(["ip", "addr", "add", f"{plan.bridge_address}/{plan.mgmt_prefix}", "dev", plan.bridge])
-        ip(["ip", "link", "set", plan.bridge, "up"])
-        cloud = plan.cloud_namespace
-        ip(["ip", "netns", "add", cloud])
-        ip(["ip", "-n", cloud, "link", "set", "lo", "up"])
-        ip(["ip", "-n", cloud, "link", "add", "wanbr", "type", "bridge"])
-        ip(["ip", "-n", cloud, "addr", "add", f"{plan.cloud_address}/{plan.wan_prefix}",
-            "dev", "wanbr"])  # fmt: skip
-        ip(["ip", "-n", cloud, "link", "set", "wanbr", "up"])
-        for gw in plan.gateways:
-            self._build_gateway(gw)
-        self._write_known_hosts()
-        self._wait_for_ssh(plan.gateways)
-        self._start_supply()
-        self._start_radios()
+        self.phases = {}
+        # The radio service builds its meshes (seconds for 5,000 meters) while the
+        # gateways come up: it needs nothing from them.
+        radios_ready = self._radios_ready()
+        radios = self._spawn_service(RADIOS) if radios_ready is not None else None
+        radios_spawned = time.perf_counter()
+        with self._phase("keys"):
+            self._prepare_keys()
+            self._check_subnet_free()
+            bulk.each(plan.gateways, self._prepare_disk)  # ssh-keygen per gateway, in parallel
+        with self._phase("network"):
+            self._build_network()
+        with self._phase("sshd"):
+            bulk.each(plan.gateways, self._start_sshd)
+            self._write_known_hosts()
+            self._wait_for_ssh(plan.gateways)
+        with self._phase("supply"):
+            self._start_supply()
+        if radios is not None and radios_ready is not None:
+            with self._phase("radios_wait"):
+                self._await_service(RADIOS, radios, radios_ready)
+            self.phases["radios"] = time.perf_counter() - radios_spawned
         (plan.state_dir / "lab.json").write_text(json.dumps({"digest": self.digest()}) + "\n")
 
-    def _build_gateway(self, gw: GatewayPlan) -> None:
+    @contextmanager
+    def _phase(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phases[name] = time.perf_counter() - start
+
+    def _build_network(self) -> None:
+        """Bridge, namespaces and veths: one ``ip -batch`` in the root namespace creates
+        every link straight in its namespace, then one batch per namespace configures it."""
         plan = self.plan
-        ip = system.run
-        ns = gw.namespace
-        ip(["ip", "netns", "add", ns])
-        ip(["ip", "-n", ns, "link", "set", "lo", "up"])
-        ip(["ip", "link", "add", gw.root_veth, "type", "veth", "peer", "name", "mgmt0",
-            "netns", ns])  # fmt: skip
-        ip(["ip", "link", "set", gw.root_veth, "master", plan.bridge, "up"])
-        ip(["ip", "-n", ns, "addr", "add", f"{gw.mgmt_address}/{plan.mgmt_prefix}", "dev", "mgmt0"])
-        ip(["ip", "-n", ns, "link", "set", "mgmt0", "up"])
-        ip(["ip", "-n", plan.cloud_namespace, "link", "add", gw.cloud_veth, "type", "veth",
-            "peer", "name", "wan0", "netns", ns])  # fmt: skip
-        ip(["ip", "-n", plan.cloud_namespace, "link", "set", gw.cloud_veth, "master", "wanbr",
-            "up"])  # fmt: skip
-        ip(["ip", "-n", ns, "addr", "add", f"{gw.wan_address}/{plan.wan_prefix}", "dev", "wan0"])
-        ip(["ip", "-n", ns, "link", "set", "wan0", "up"])
-        self._prepare_disk(gw)
-        self._start_sshd(gw)
+        cloud = plan.cloud_namespace
+        root = [
+            f"link add {plan.bridge} type bridge",
+            f"addr add {plan.bridge_address}/{plan.mgmt_prefix} dev {plan.bridge}",
+            f"link set {plan.bridge} up",
+            f"netns add {cloud}",
+        ]
+        in_cloud = [
+            "link set lo up",
+            "link add wanbr type bridge",
+            f"addr add {plan.cloud_address}/{plan.wan_prefix} dev wanbr",
+            "link set wanbr up",
+        ]
+        inside: dict[str, list[str]] = {}
+        for gw in plan.gateways:
+            ns = gw.namespace
+            root += [
+                f"netns add {ns}",
+                f"link add {gw.root_veth} type veth peer name mgmt0 netns {ns}",
+                f"link set {gw.root_veth} master {plan.bridge} up",
+                f"link add name wan0 netns {ns} type veth peer name {gw.cloud_veth} netns {cloud}",
+            ]
+            in_cloud.append(f"link set {gw.cloud_veth} master wanbr up")
+            inside[ns] = [
+                "link set lo up",
+                f"addr add {gw.mgmt_address}/{plan.mgmt_prefix} dev mgmt0",
+                "link set mgmt0 up",
+                f"addr add {gw.wan_address}/{plan.wan_prefix} dev wan0",
+                "link set wan0 up",
+            ]
+        bulk.ip_batch(root)
+        bulk.ip_batch(in_cloud, cloud)
+        bulk.each(list(inside.items()), lambda item: bulk.ip_batch(item[1], item[0]))
 
     def _check_subnet_free(self) -> None:
         wanted = ipaddress.IPv4Network(f"{self.plan.bridge_address}/{self.plan.mgmt_prefix}", False)
@@ -627,7 +685,8 @@ class VirtualLab:
         deadline = time.monotonic() + 15.0
         pending = list(gateways)
         while pending and time.monotonic() < deadline:
-            pending = [gw for gw in pending if not ssh_banner(gw.mgmt_address)]
+            answered = bulk.each(pending, lambda gw: ssh_banner(gw.mgmt_address))
+            pending = [gw for gw, ok in zip(pending, answered, strict=True) if not ok]
             if pending:
                 time.sleep(0.05)
         if pending:
