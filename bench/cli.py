@@ -16,6 +16,8 @@ from bench.rig import load_rig
 def _lab(args: argparse.Namespace) -> int:
     from bench.lab.virtual import VirtualLab
 
+    if args.action == "doctor":
+        return _doctor(args)
     lab = VirtualLab(load_rig(args.rig))
     if args.action == "up":
         built = lab.up()
@@ -27,6 +29,19 @@ def _lab(args: argparse.Namespace) -> int:
     else:
         return 0 if _print_status(lab) else 1
     return 0
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    import json
+
+    from bench.lab.doctor import Doctor, render
+
+    report = Doctor(load_rig(args.rig)).run(fix=args.fix)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print("\n".join(render(report)))
+    return 0 if report.clean else 1
 
 
 def _print_status(lab: object) -> bool:
@@ -109,9 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fieldrig {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     lab = sub.add_parser("lab", help="bring the virtual lab up or down, or show it")
-    lab.add_argument("action", choices=["up", "down", "status"])
+    lab.add_argument("action", choices=["up", "down", "status", "doctor"],
+                     help="doctor: find what killed runs left on the rig")  # fmt: skip
     lab.add_argument("--rig", default="virtual", help="a virtual rig (name or path)")
     lab.add_argument("--purge", action="store_true", help="down: also delete keys and disks")
+    lab.add_argument("--fix", action="store_true", help="doctor: remove what it finds")
+    lab.add_argument("--json", action="store_true", help="doctor: one JSON report on stdout")
     lab.set_defaults(func=_lab)
     rig = sub.add_parser("rig", help="validate a rig file")
     rig.add_argument("action", choices=["check"])
