@@ -37,3 +37,7 @@ class CommandTimeout(TransportError):
 
 class DeviceFailure(BenchError):
     """The device under test did something wrong: a finding, not a rig problem."""
+
+
+class ReservationError(InfrastructureError):
+    """A lab place could not be reserved, acquired, checked or released (labgrid coordinator)."""

@@ -14,11 +14,15 @@ from typing import Any
 import pytest
 
 from bench.errors import BenchError
+from bench.faults.chaos import RandomFaults
+from bench.faults.chaos import from_env as random_faults
 from bench.gateway import ConnectedGateway
 from bench.instruments.meter import ArraySupplyMeter, SupplyChannelMeter
 from bench.instruments.psu import PowerSupply
+from bench.parallel import FLEET_GROUP, RunGroup, forget, run_dir_of, test_locks
 from bench.radio.capability import Radio
 from bench.results import RunStore
+from bench.results.store import read_jsonl
 from bench.rig import Rig, load_rig
 from bench.session import BenchSession
 
@@ -34,6 +38,9 @@ class PluginState:
         self._spec: Rig | None = None
         self.session: BenchSession | None = None
         self.start_error: str | None = None
+        self.group: RunGroup | None = None  # pytest-xdist workers sharing one session
+        self.testrunuid: str | None = None  # the controller's pytest-xdist run
+        self.chaos: RandomFaults | None = None  # $FIELDRIG_RANDOM_FAULTS (soak runs)
 
     @property
     def spec(self) -> Rig:
@@ -57,15 +64,39 @@ class PluginState:
         return [n for n in names if not wanted or n in wanted]
 
     def say(self, line: str) -> None:
+        """A line on the terminal now, also while a test runs (output capture is
+        suspended for it, as pytest's own live logging does)."""
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
-            reporter.write_line(line)
-        else:
+        if reporter is None:
             print(line, file=sys.stderr)
+            return
+        capture = self.config.pluginmanager.get_plugin("capturemanager")
+        if capture is None:
+            reporter.write_line(line)
+            return
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(line)
 
 
 def _state(config: pytest.Config) -> PluginState:
     return config.stash[STATE_KEY]
+
+
+def _worker_run(config: pytest.Config) -> str | None:
+    """The pytest-xdist run this process is a worker of (None: not a worker)."""
+    workerinput = getattr(config, "workerinput", None)
+    return None if workerinput is None else str(workerinput["testrunuid"])
+
+
+def _default_to_loadgroup(config: pytest.Config) -> None:
+    """``-n N`` without ``--dist`` distributes with ``loadgroup`` (pytest-xdist would pick
+    ``load``), so a gateway's tests stay in one worker."""
+    explicit = any(str(a).startswith("--dist") for a in config.invocation_params.args)
+    if getattr(config.option, "numprocesses", None) and not explicit:
+        config.option.dist = "loadgroup"
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None and workerinput.get("fieldrig_loadgroup"):
+        config.option.loadgroup = True  # workers parse the command line, not our choice
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -99,6 +130,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "needs(*capabilities): run only where the gateway has them (psu, radio, ...)"
     )
     config.stash[STATE_KEY] = PluginState(config)
+    _default_to_loadgroup(config)
 
 
 def pytest_collection(session: pytest.Session) -> None:
@@ -119,6 +151,17 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("gateway", names, ids=names, indirect=True)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist, group tests by gateway (fleet-wide tests in one group)."""
+    if _worker_run(config) is None:
+        return
+    for item in items:
+        if _uses_bench(item):
+            item.add_marker(pytest.mark.xdist_group(_gateway_param(item) or FLEET_GROUP))
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reports this worker's collection
 def pytest_collection_finish(session: pytest.Session) -> None:
     config = session.config
     if _state(config).start_error:
@@ -127,16 +170,34 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         return
     state = _state(config)
     runs_dir = Path(config.getoption("runs_dir") or config.rootpath / "reports" / "runs")
-    try:
-        state.session = BenchSession.start(
+    selected = state.selected_gateways()
+
+    def lead() -> BenchSession:
+        return BenchSession.start(
             state.spec,
-            selected=state.selected_gateways(),
+            selected=selected,
             runs_dir=runs_dir,
             argv=["pytest", *config.invocation_params.args],
             say=state.say,
         )
+
+    def join(run_dir: Path) -> BenchSession:
+        return BenchSession.join(state.spec, run_dir, selected=selected, say=state.say)
+
+    uid = _worker_run(config)
+    try:
+        if uid is None:
+            state.session = lead()
+        else:
+            state.group = RunGroup(uid)
+            state.session = state.group.start(lead, join, lambda s: s.store.run_dir)
     except BenchError as exc:
         raise pytest.UsageError(str(exc)) from None
+    if state.group is None or state.group.leader:
+        try:
+            state.chaos = random_faults(state.session)
+        except BenchError as exc:
+            raise pytest.UsageError(str(exc)) from None
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -144,12 +205,60 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if state.session is None:
         return
     status = "interrupted" if exitstatus == pytest.ExitCode.INTERRUPTED else "complete"
-    state.session.close(status, keep_lab=session.config.getoption("keep_lab"), say=state.say)
+    bench = state.session
+    if state.chaos is not None:
+        state.chaos.stop()
+
+    def close() -> None:
+        bench.close(status, keep_lab=session.config.getoption("keep_lab"), say=state.say)
+
+    if state.group is None:
+        close()
+    elif state.group.leader:
+        state.group.finish(close)  # waits for the other workers first
+    else:
+        close()  # a joined worker only lets go
+        state.group.finish(close)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """pytest-xdist controller: remember the run id its workers share; pass on the
+    distribution mode chosen for them."""
+    _state(node.config).testrunuid = str(node.workerinput["testrunuid"])
+    node.workerinput["fieldrig_loadgroup"] = node.config.getoption("dist") == "loadgroup"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    uid = _state(config).testrunuid
+    if uid is not None:
+        forget(uid)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    """Under pytest-xdist, hold the test's gateway (or the whole fleet) and the supply it
+    measures through, across workers."""
+    state = _state(item.config)
+    uid = _worker_run(item.config)
+    if uid is None or state.session is None or not _uses_bench(item):
+        return (yield)
+    gateway = _gateway_param(item)
+    instruments = []
+    if gateway is not None and "gateway_power" in getattr(item, "fixturenames", ()):
+        power = state.spec.gateway(gateway).power
+        instruments = [power.instrument] if power is not None else []
+    with test_locks(
+        uid, gateway=gateway, fleet=list(state.session.gateways), instruments=instruments
+    ):
+        return (yield)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     state = _state(terminalreporter.config)
     bench = state.session
+    if bench is None and state.testrunuid is not None:
+        _controller_summary(terminalreporter, state.testrunuid)
     if bench is None:
         return
     if bench.unavailable:
@@ -160,6 +269,21 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         f"fieldrig run {bench.store.run_id} ({'virtual' if bench.virtual else 'hardware'}): "
         f"{bench.store.run_dir}"
     )
+
+
+def _controller_summary(terminalreporter: Any, testrunuid: str) -> None:
+    """What the workers' shared run recorded: its directory and infrastructure errors."""
+    run_dir = run_dir_of(testrunuid)
+    if run_dir is None:
+        return
+    failed = [
+        e for e in read_jsonl(run_dir / "events.jsonl") if e.get("kind") == "health_check_failed"
+    ]
+    if failed:
+        terminalreporter.section("fieldrig infrastructure errors", red=True)
+        for event in failed:
+            terminalreporter.write_line(f"{event['gateway']}: {event['message']} (one worker)")
+    terminalreporter.write_line(f"fieldrig run {run_dir.name} (pytest-xdist workers): {run_dir}")
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -51,10 +51,12 @@ __all__ = [
     "AttenuatorLink",
     "BackhaulLink",
     "Channel",
+    "Coordinator",
     "Gateway",
     "HostKeyPolicy",
     "Instrument",
     "LocalBackhaul",
+    "MeshOverride",
     "NetnsBackhaul",
     "PowerLink",
     "RadioLink",
@@ -468,6 +470,29 @@ class BackhaulLink(_Model):
         return self
 
 
+PlaceName = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"),
+    Field(description="a labgrid place name (letters, digits, '_', '.', '-'; up to 64)"),
+]
+CoordinatorAddress = Annotated[
+    str,
+    StringConstraints(pattern=r"^[^\s@/:]+:\d{1,5}$"),
+    Field(description="host:port of a labgrid coordinator, such as labhost:20408"),
+]
+
+
+class Coordinator(_Model):
+    """The labgrid coordinator that locks this lab's places (gateways) for one user at a time."""
+
+    address: CoordinatorAddress
+    priority: StrictInt = Field(
+        default=0, description="an integer (labgrid reservation priority; higher goes first)"
+    )
+    wait_timeout_s: Seconds = 600.0
+    poll_s: Seconds = 10.0
+
+
 class Gateway(_Model):
     """One board under test."""
 
@@ -478,6 +503,7 @@ class Gateway(_Model):
     power: PowerLink | None = None
     radio: RadioLink | None = None
     backhaul: BackhaulLink | None = None
+    place: PlaceName | None = None
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -569,12 +595,21 @@ class Attenuator(_Model):
     )
 
 
+MeterCount = Annotated[
+    StrictInt, Field(ge=1, le=5000, description="a number of meters from 1 to 5000")
+]
+
+
+class MeshOverride(_Model):
+    """One gateway's own mesh size, instead of ``virtual.mesh.meters``."""
+
+    meters: MeterCount
+
+
 class VirtualMesh(_Model):
     """The simulated mesh the virtual lab puts behind every gateway's Spinel dongle."""
 
-    meters: Annotated[
-        StrictInt, Field(ge=1, le=5000, description="a number of meters from 1 to 5000")
-    ] = 200
+    meters: MeterCount = 200
     seed: Annotated[StrictInt, Field(ge=0, description="an integer seed >= 0")] = 1
     time_scale: Annotated[
         StrictFloat | StrictInt,
@@ -585,6 +620,15 @@ class VirtualMesh(_Model):
             description="simulated seconds per wall second, above 0 and at most 100",
         ),
     ] = 1.0
+    per_gateway: dict[Slug, MeshOverride] = Field(
+        default_factory=dict,
+        description="a mapping of gateway name to {meters: N} (that gateway's own mesh size)",
+    )
+
+    def meters_for(self, gateway: str) -> int:
+        """The number of meters behind ``gateway``'s dongle."""
+        override = self.per_gateway.get(gateway)
+        return override.meters if override is not None else self.meters
 
 
 class VirtualLabSpec(_Model):
@@ -606,7 +650,7 @@ class VirtualLabSpec(_Model):
     ] = None
     mesh: VirtualMesh = Field(
         default_factory=VirtualMesh,
-        description="a mapping with keys meters, seed, time_scale (all optional)",
+        description="a mapping with keys meters, seed, time_scale, per_gateway (all optional)",
     )
 
     @model_validator(mode="after")
@@ -661,6 +705,10 @@ class Rig(_Model):
         "lab_id (all optional)",
     )
     ssh_defaults: SshDefaults = SshDefaults()
+    coordinator: Coordinator | None = Field(
+        default=None,
+        description="a mapping with keys address (host:port), priority, wait_timeout_s, poll_s",
+    )
     gateways: list[Gateway] = Field(
         min_length=1,
         description="a list of at least one gateway (each a mapping with name, board, ssh, ...)",
@@ -682,6 +730,7 @@ class Rig(_Model):
     @model_validator(mode="after")
     def _cross_check(self) -> Self:
         problems = [*_name_problems(self), *_power_problems(self), *_radio_problems(self)]
+        problems += _place_problems(self)
         problems += _virtual_problems(self) if self.virtual else _state_dir_problems(self)
         if problems:
             raise _Problems(problems)
@@ -813,6 +862,27 @@ def _place_in_lab(data: dict[str, Any], virtual: dict[str, Any]) -> dict[str, An
 # --- cross-reference checks ---------------------------------------------------------------
 
 
+def _place_problems(rig: Rig) -> Iterator[tuple[Loc, str]]:
+    """A place needs a coordinator, and each place is one gateway's."""
+    first: dict[str, str] = {}
+    for i, gateway in enumerate(rig.gateways):
+        if gateway.place is None:
+            continue
+        if rig.coordinator is None:
+            yield (
+                ("gateways", i, "place"),
+                "a place is locked through a labgrid coordinator; add a top-level "
+                "coordinator: {address: HOST:20408} or remove this place",
+            )
+        elif gateway.place in first:
+            yield (
+                ("gateways", i, "place"),
+                f"place {gateway.place!r} is already gateway {first[gateway.place]}'s; "
+                "give each gateway its own labgrid place",
+            )
+        first.setdefault(gateway.place, gateway.name)
+
+
 def _name_problems(rig: Rig) -> Iterator[tuple[Loc, str]]:
     first: dict[str, int] = {}
     for i, gateway in enumerate(rig.gateways):
@@ -904,8 +974,29 @@ def _attenuator_problems(
         users[link.instrument, link.channel] = rig.gateways[i].name
 
 
+def _mesh_override_problems(rig: Rig) -> Iterator[tuple[Loc, str]]:
+    """Each virtual.mesh.per_gateway entry names a gateway whose dongle the lab emulates."""
+    assert rig.virtual is not None
+    radio_dir = rig.virtual.state_dir / "radio"
+    for name in rig.virtual.mesh.per_gateway:
+        loc: Loc = ("virtual", "mesh", "per_gateway", name)
+        gateway = next((g for g in rig.gateways if g.name == name), None)
+        if gateway is None:
+            names = ", ".join(rig.gateway_names())
+            yield loc, f"no gateway {name!r} in this rig; gateways are: {names}"
+        elif (
+            gateway.radio is None
+            or gateway.radio.driver != "spinel"
+            or Path(gateway.radio.port).parent != radio_dir
+        ):
+            radio = f'radio: {{port: "{{state_dir}}/radio/{name}", driver: spinel}}'
+            message = f"gateway {name!r} has no emulated Spinel dongle, so no mesh to size"
+            yield loc, f"{message}; give it {radio} or remove this entry"
+
+
 def _virtual_problems(rig: Rig) -> Iterator[tuple[Loc, str]]:
     assert rig.virtual is not None
+    yield from _mesh_override_problems(rig)
     for i, gateway in enumerate(rig.gateways):
         if not _VIRTUAL_GATEWAY_NAME.match(gateway.name):
             yield (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -18,9 +19,11 @@ from bench.instruments.psu import PowerSupply, SafeExitGuard, safe_on_exit
 from bench.instruments.registry import open_supply
 from bench.lab.radio_plan import CONTROL_SOCKET, radio_dir, virtual_radios
 from bench.lab.virtual import VirtualLab
+from bench.locks import FileLock, take_rig
 from bench.mesh.control import MeshControl
 from bench.radio.capability import Radio
 from bench.radio.registry import open_radio
+from bench.reservation import GatewayPlaces, hold_places, release_places
 from bench.results import RunStore
 from bench.rig import AttenuatorChannel, Rig
 from bench.transport.serial import SerialPort
@@ -45,6 +48,10 @@ class BenchSession:
     supplies: dict[str, PowerSupply] = field(default_factory=dict)
     attenuators: dict[str, Attenuator] = field(default_factory=dict)
     booting: set[str] = field(default_factory=set)  # gateways this session powered on
+    joined: bool = False  # a pytest-xdist worker in a run another worker leads
+    say: Callable[[str], None] = print  # the terminal, through the plugin
+    rig_lock: FileLock | None = None
+    places: GatewayPlaces | None = None  # labgrid places held (rig has a coordinator)
     _guards: dict[str, SafeExitGuard] = field(default_factory=dict)
     _ports: list[SerialPort] = field(default_factory=list)
 
@@ -61,6 +68,18 @@ class BenchSession:
         if name in self.unavailable:
             raise BenchError(f"gateway {name} is unavailable: {self.unavailable[name]}")
         return self.gateways[name]
+
+    def own_path(self, relative: str) -> Path:
+        """A file under the run directory that only this process writes: under
+        pytest-xdist each worker gets its own (``liveness/heartbeats.gw1.jsonl``)."""
+        path = self.store.run_dir / relative
+        worker = os.environ.get("PYTEST_XDIST_WORKER")
+        return path if worker is None else path.with_name(f"{path.stem}.{worker}{path.suffix}")
+
+    def progress(self, text: str) -> None:
+        """One line of progress on the terminal while long work runs (deployments,
+        rollouts, sweeps): ``fieldrig: <text>``."""
+        self.say(f"fieldrig: {text}")
 
     def radio(self, name: str) -> Radio:
         """The gateway's radio dongle through its driver (port transcript kept in the run)."""
@@ -129,24 +148,56 @@ class BenchSession:
         argv: list[str] | None = None,
         say: Callable[[str], None] = print,
     ) -> BenchSession:
-        """Bring the lab up (virtual rigs), open the run, health-check and inventory gateways."""
-        lab, owns = None, False
-        if spec.is_virtual:
-            lab = VirtualLab(spec)
-            owns = lab.acquire()
-            say(f"fieldrig: virtual lab '{lab.plan.lab_id}' " + ("up" if owns else "already up"))
-        store = RunStore.create(
-            runs_dir,
-            rig_name=spec.name,
-            rig_path=spec.source_path,
-            rig_sha256=spec.file_sha256,
-            virtual=spec.is_virtual,
-            argv=argv,
-        )
+        """Hold the rig on this host, bring the lab up (virtual rigs), open the run,
+        health-check and inventory gateways."""
+        rig_lock = take_rig(spec.name)  # a second session on this rig is refused here
+        try:
+            lab, owns = None, False
+            if spec.is_virtual:
+                lab = VirtualLab(spec)
+                owns = lab.acquire()
+                state = "up" if owns else "already up"
+                say(f"fieldrig: virtual lab '{lab.plan.lab_id}' {state}")
+            store = RunStore.create(
+                runs_dir,
+                rig_name=spec.name,
+                rig_path=spec.source_path,
+                rig_sha256=spec.file_sha256,
+                virtual=spec.is_virtual,
+                argv=argv,
+            )
+        except BaseException:
+            rig_lock.release()
+            raise
         gateways = {name: ConnectedGateway(spec.gateway(name)) for name in selected}
-        session = cls(spec=spec, store=store, gateways=gateways, lab=lab, owns_lab=owns)
+        session = cls(
+            spec=spec, store=store, gateways=gateways, lab=lab, owns_lab=owns, rig_lock=rig_lock,
+            say=say,
+        )  # fmt: skip
+        session.places = hold_places(session, say)  # before touching any gateway
         session.clear_stale_faults(say)
         session.power_up(say)
+        session.open_attenuators(say)
+        session.check_health(say)
+        return session
+
+    @classmethod
+    def join(
+        cls,
+        spec: Rig,
+        run_dir: Path,
+        *,
+        selected: Iterable[str],
+        say: Callable[[str], None] = print,
+    ) -> BenchSession:
+        """Join the run another pytest-xdist worker of this pytest run started: its lab, its
+        run directory, its instruments as they are (only the leader resets and safes them)."""
+        store = RunStore.join(run_dir)
+        gateways = {name: ConnectedGateway(spec.gateway(name)) for name in selected}
+        lab = VirtualLab(spec) if spec.is_virtual else None
+        session = cls(spec=spec, store=store, gateways=gateways, lab=lab, joined=True, say=say)
+        session.places = hold_places(session, say, follow=True)  # what the leader took
+        session.open_supplies(say)
         session.open_attenuators(say)
         session.check_health(say)
         return session
@@ -154,25 +205,31 @@ class BenchSession:
     def power_up(self, say: Callable[[str], None]) -> None:
         """Open every supply, clear what a crashed run left (trips, stray outputs), and power
         the selected gateways at the rig's set-points with protections configured."""
+        self.open_supplies(say, reset=True)
+
+    def open_supplies(self, say: Callable[[str], None], *, reset: bool = False) -> None:
+        """Open every supply; with ``reset``, safe it first and power the selected gateways
+        (a joining xdist worker leaves the supplies as the leader set them)."""
         wired = {
             (gw.power.instrument, gw.power.channel): name
             for name in self.gateways
-            if (gw := self.spec.gateway(name)).power is not None
+            if (gw := self.spec.gateway(name)).power is not None and name not in self.unavailable
         }
         for name, instrument in self.spec.instruments.items():
             if not instrument.is_psu:
                 continue
             try:
                 psu = open_supply(name, instrument)
-                self._guards[name] = safe_on_exit(psu)
-                was_on = {channel: psu.output_state(channel) for channel in instrument.channels}
-                psu.safe_state()
-                for channel in instrument.channels:
-                    gateway = wired.get((name, channel))
-                    if gateway is not None:
-                        psu.output(channel, True)
-                        if not was_on[channel]:
-                            self.booting.add(gateway)
+                if reset:
+                    self._guards[name] = safe_on_exit(psu)
+                    was_on = {ch: psu.output_state(ch) for ch in instrument.channels}
+                    psu.safe_state()
+                    for channel in instrument.channels:
+                        gateway = wired.get((name, channel))
+                        if gateway is not None:
+                            psu.output(channel, True)
+                            if not was_on[channel]:
+                                self.booting.add(gateway)
             except BenchError as exc:
                 self.store.record_event(gateway=None, kind="instrument_failed", message=str(exc))
                 say(f"fieldrig: INFRASTRUCTURE ERROR supply {name} unavailable: {exc}")
@@ -221,7 +278,7 @@ class BenchSession:
 
     def open_attenuators(self, say: Callable[[str], None]) -> None:
         """Open every attenuator and put each channel at its safe setting (which also clears
-        what a crashed run left behind)."""
+        what a crashed run left behind); a joining xdist worker leaves them as they are."""
         if not self.spec.attenuators:
             return
         from bench.instruments.registry import open_attenuator
@@ -229,7 +286,8 @@ class BenchSession:
         for name, spec in self.spec.attenuators.items():
             try:
                 attenuator = open_attenuator(name, spec)
-                attenuator.safe_state()
+                if not self.joined:
+                    attenuator.safe_state()
             except BenchError as exc:
                 self.store.record_event(gateway=None, kind="instrument_failed", message=str(exc))
                 say(f"fieldrig: INFRASTRUCTURE ERROR attenuator {name} unavailable: {exc}")
@@ -265,7 +323,11 @@ class BenchSession:
         if not self.gateways:
             return
         with ThreadPoolExecutor(max_workers=min(32, len(self.gateways))) as pool:
-            futures = {name: pool.submit(probe, gw) for name, gw in self.gateways.items()}
+            futures = {
+                name: pool.submit(probe, gw)
+                for name, gw in self.gateways.items()
+                if name not in self.unavailable  # e.g. its labgrid place is someone else's
+            }
         for name, future in futures.items():
             try:
                 self.inventory[name] = future.result()
@@ -278,11 +340,21 @@ class BenchSession:
     def close(
         self, status: str, *, keep_lab: bool = False, say: Callable[[str], None] = print
     ) -> None:
-        """Finish the run, close connections, take down a lab this session brought up."""
+        """Finish the run, close connections, take down a lab this session brought up.
+
+        A joined xdist worker only closes its connections and leaves instruments, lab and
+        run to the leader."""
         for port in self._ports:
             port.close()
         for gw in self.gateways.values():
             gw.close()
+        if self.joined:
+            for psu in self.supplies.values():
+                psu.detach()
+            for attenuator in self.attenuators.values():
+                attenuator.detach()
+            self.store.detach()
+            return
         for name, psu in self.supplies.items():
             try:
                 psu.close()  # the rig's declared safe state
@@ -298,8 +370,13 @@ class BenchSession:
             except BenchError as exc:
                 self.store.record_event(gateway=None, kind="safe_state_failed", message=str(exc))
                 say(f"fieldrig: INFRASTRUCTURE ERROR attenuator {name}: {exc}")
+        release_places(self, say)
         for warning in self.store.finish(status):
             say(f"fieldrig: {warning}")
-        if self.lab is not None and self.owns_lab and not keep_lab:
-            self.lab.down()
-            say(f"fieldrig: virtual lab '{self.lab.plan.lab_id}' down")
+        try:
+            if self.lab is not None and self.owns_lab and not keep_lab:
+                self.lab.down()
+                say(f"fieldrig: virtual lab '{self.lab.plan.lab_id}' down")
+        finally:
+            if self.rig_lock is not None:
+                self.rig_lock.release()

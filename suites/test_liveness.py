@@ -55,7 +55,7 @@ Power = tuple[PowerSupply, int, SupplyChannelMeter | ArraySupplyMeter]
 def collector(rig: BenchSession) -> Iterator[Collector]:
     """The heartbeat collector in the lab's cloud namespace, logging into the run."""
     try:
-        found = lab_collector(rig.spec, rig.store.run_dir / "liveness" / "heartbeats.jsonl")
+        found = lab_collector(rig.spec, rig.own_path("liveness/heartbeats.jsonl"))
     except CollectorError as exc:
         pytest.skip(str(exc))
     with found:

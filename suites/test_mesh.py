@@ -171,6 +171,8 @@ def test_attenuation_sweep(
             records = prober.run(targets, periodic_schedule(0.25, 80))
             summaries[db] = summarize(records)
             _record_summary(results, "mesh.attenuation", summaries[db], attenuation_db=db)
+            rig.progress(f"{gateway.name} attenuation sweep {db:g} dB: loss "
+                         f"{summaries[db].loss_ratio:.1%} of {len(records)} probes")  # fmt: skip
     finally:
         attenuator.set_db(channel, limits.safe_db)
     low, high = min(summaries), max(summaries)

@@ -144,6 +144,7 @@ def _on_v1(fleet: Fleet, names: Sequence[str]) -> list[UpdateDevice]:
         device.recoveries.clear()
         device.client.reset()
         url = fleet.url("model-v1").replace("{device_type}", device.device_type or "")
+        fleet.rig.progress(f"deploying model-v1 to {name} (factory reset first)")
         device.client.install(url)
         committed = device.client.commit()
         assert committed.status.installed == "model-v1", committed.output[-500:]
@@ -188,6 +189,9 @@ def run_case(
     def sink(event: dict[str, object]) -> None:
         rig.store.record_event(gateway=str(event["device"]) or None, kind="rollout",
                                message=json.dumps(event, default=str))  # fmt: skip
+        if event["kind"] in ("state", "abort"):
+            to = event["to_state"] or event["detail"]
+            rig.progress(f"rollout {job.job_id}: {event['device'] or 'job'} -> {to}")
 
     def fault_sink(event: dict[str, object]) -> None:
         rig.record_fault(_gateway_of(rig, str(event.get("target"))), event)

@@ -176,8 +176,9 @@ def _tx(port: SerialPort) -> list[str]:
 def _rx_bytes(port: SerialPort) -> bytes:
     """Everything received, joined: read boundaries depend on timing, the stream does not."""
     assert port.transcript is not None
-    chunks = [ln.split(" RX ", 1)[1] for ln in port.transcript.read_text().splitlines()
-              if " RX " in ln]
+    chunks = [
+        ln.split(" RX ", 1)[1] for ln in port.transcript.read_text().splitlines() if " RX " in ln
+    ]
     return b"".join(ast.literal_eval(chunk) for chunk in chunks)
 
 
@@ -308,9 +309,13 @@ def test_credentials_gate_the_join(device: PtyDevice, tmp_path: Path) -> None:
             drv.join(emu.meter.ipv6, timeout=2.0)
         drv.set_credentials(rbid, password)
         assert emu.credentials == (rbid, password)
-        assert any("SKSETPWD C SECRETPWD123" in ln for ln in _tx(port))
+        assert any("SKSETPWD C <secret>" in ln for ln in _tx(port))
         drv.join(emu.meter.ipv6, timeout=2.0)
         assert emu.joined == emu.meter.ipv6
+        assert port.transcript is not None
+        transcript = port.transcript.read_text()
+        assert "SKSETRBID <secret>" in transcript  # sent and echoed, both masked
+        assert password not in transcript and rbid not in transcript
 
 
 def test_delayed_answer_does_not_hold_up_commands(device: PtyDevice, tmp_path: Path) -> None:

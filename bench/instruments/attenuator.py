@@ -66,6 +66,7 @@ class Attenuator(Protocol):
     def set_db(self, channel: int, db: float) -> float: ...
     def get_db(self, channel: int) -> float: ...
     def safe_state(self) -> None: ...
+    def detach(self) -> None: ...
     def close(self) -> None: ...
 
 
@@ -197,6 +198,13 @@ class MiniCircuitsAttenuator:
 
         with self._lock:
             on_every_channel(sorted(self.channels.items()), to_safe)
+
+    def detach(self) -> None:
+        """Close the session and leave every setting as it is: another process of the same
+        run still uses the instrument and safes it at the end."""
+        with self._lock:
+            if not self._closed:
+                self._release()
 
     def close(self) -> None:
         """Safe state first, then close the session; a second call does nothing."""

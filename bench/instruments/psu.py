@@ -110,6 +110,7 @@ class PowerSupply(Protocol):
     def measure_current(self, channel: int) -> float: ...
     def measure_power(self, channel: int) -> float: ...
     def safe_state(self) -> None: ...
+    def detach(self) -> None: ...
     def close(self) -> None: ...
 
 
@@ -310,6 +311,13 @@ class ScpiPsu:
                 sorted(self.instrument.channels.items()),
                 lambda item: self.output(item[0], item[1].safe_state == "on"),
             )
+
+    def detach(self) -> None:
+        """Close the session and leave every setting as it is: another process of the same
+        run still uses the instrument and safes it at the end."""
+        with self._lock:
+            if not self._closed:
+                self._release()
 
     def close(self) -> None:
         """Safe state first, then close the VISA session; a second call does nothing."""

@@ -437,6 +437,8 @@ class SkstackDriver:
                 f"Route-B password must be 1..32 ASCII characters without spaces, "
                 f"got {len(password)}"
             )
+        self.port.add_secret(rbid)  # the transcript is kept in the run: never the credentials
+        self.port.add_secret(password)
         self.command(f"SKSETRBID {rbid}", timeout)
         self.command(f"SKSETPWD {len(password):X} {password}", timeout)
 

@@ -345,6 +345,24 @@ class RunStore:
             raise ValueError(f"{run_dir / RUN_JSON} is not a fieldrig run record")
         return cls(run_dir, info, writable=False, fsync=False)
 
+    @classmethod
+    def join(cls, run_dir: Path) -> RunStore:
+        """Append to a running run that another process created and will finish (the
+        workers of ``pytest -n``): every record is one ``write`` to an O_APPEND file, so
+        records of several processes never mix within a line."""
+        store = cls.open_existing(run_dir)
+        if store._info.get("status") != "running":
+            raise ValueError(f"run {store.run_id} is not running; cannot join it")
+        store._writable = True
+        return store
+
+    def detach(self) -> None:
+        """Stop appending (a joined process leaving); the creator still finishes the run."""
+        with self._lock:
+            self._writable = False
+            for appender in (self._measurements, self._outcomes, self._events):
+                appender.close()
+
     def _check_writable(self) -> None:
         if not self._writable:
             raise RuntimeError(f"run {self.run_id} is read-only (opened or already finished)")

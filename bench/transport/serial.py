@@ -60,6 +60,9 @@ def _hint(url: str) -> str:
     )
 
 
+_HELD_MAX = 4096  # bytes of echo held back at most before they are logged anyway
+
+
 def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
@@ -90,6 +93,8 @@ class SerialPort:
         self._buf = bytearray()
         self._link: _Link | None = None
         self._log_file: IO[str] | None = None
+        self._secrets: list[bytes] = []
+        self._rx_held: bytearray | None = None  # the echo of a line that carried a secret
 
     @property
     def label(self) -> str:
@@ -160,6 +165,28 @@ class SerialPort:
 
     # -- transcript and recovery ---------------------------------------------------------
 
+    def add_secret(self, secret: str | bytes) -> None:
+        """Never write ``secret`` to the transcript: it becomes ``<secret>`` there, in what
+        is sent and in its echo (held until the echoed line ends, so a split echo cannot
+        leak a part of it)."""
+        value = secret.encode() if isinstance(secret, str) else bytes(secret)
+        if value and value not in self._secrets:
+            self._secrets.append(value)
+
+    def _log_data(self, kind: str, data: bytes) -> None:
+        if self._secrets:
+            if kind == "RX" and self._rx_held is not None:
+                self._rx_held += data
+                if self._eol not in self._rx_held and len(self._rx_held) < _HELD_MAX:
+                    return
+                data, self._rx_held = bytes(self._rx_held), None
+            carries = any(secret in data for secret in self._secrets)
+            for secret in self._secrets:
+                data = data.replace(secret, b"<secret>")
+            if kind == "TX" and carries:
+                self._rx_held = bytearray()
+        self._log(kind, repr(data))
+
     def _log(self, kind: str, text: str) -> None:
         if self._log_file is not None:
             stamp = datetime.now(UTC).isoformat(timespec="microseconds")
@@ -215,7 +242,7 @@ class SerialPort:
                     ) from exc
                 link = self._recover(exc)
             else:
-                self._log("TX", repr(data))
+                self._log_data("TX", data)
                 return
 
     def write_line(self, line: str) -> None:
@@ -234,7 +261,7 @@ class SerialPort:
             self._recover(exc)
             return
         if chunk:
-            self._log("RX", repr(chunk))
+            self._log_data("RX", chunk)
             self._buf += chunk
 
     def _take(self, end: int) -> bytes:
@@ -301,7 +328,7 @@ class SerialPort:
         try:
             while waiting := link.in_waiting:
                 chunk = link.read(waiting)
-                self._log("RX", repr(chunk))
+                self._log_data("RX", chunk)
                 self._buf += chunk
         except (serial.SerialException, OSError) as exc:
             self._recover(exc)
