@@ -61,6 +61,9 @@ def _print_status(lab: object) -> bool:
     if status.radios:
         running = "running" if status.radios_running else "NOT running"
         print(f"radios: emulated dongles for {', '.join(status.radios)} {running}")
+    if lab.plan.tiers:
+        tiers = ", ".join(f"{t.name} {t.address} at {t.distance_km:g} km" for t in lab.plan.tiers)
+        print(f"tiers: {tiers} {'up' if status.tiers_running else 'NOT up'}")
     if not status.built_as_planned and status.anything_present:
         print("built from a different rig file or board profiles: `up` will rebuild it")
     if status.stray_namespaces:

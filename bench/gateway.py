@@ -18,8 +18,8 @@ from bench.transport.agent import AgentClient, Command, CommandResult, RemotePro
 from bench.transport.ssh import SshParams, open_transport
 
 
-class CommandRunner(Protocol):
-    """Capability "command": run programs on a board."""
+class Commands(Protocol):
+    """Capability "command": run programs on a board (or on a virtual lab tier)."""
 
     name: str
 
@@ -33,6 +33,10 @@ class CommandRunner(Protocol):
         cwd: str | None = None,
         check: bool = True,
     ) -> CommandResult: ...
+
+
+class CommandRunner(Commands, Protocol):
+    """Commands, and programs left running in the background."""
 
     def spawn(
         self, command: Command, *, env: Mapping[str, str] | None = None, cwd: str | None = None

@@ -631,6 +631,25 @@ class VirtualMesh(_Model):
         return override.meters if override is not None else self.meters
 
 
+TierName = Literal["edge", "cloud"]
+TIER_HOSTS: dict[str, int] = {"edge": 2, "cloud": 3}  # host numbers on the backhaul subnet
+RESERVED_GATEWAY_NAMES = frozenset({"cloud", "tier-edge", "tier-cloud"})  # lab namespaces
+
+
+class VirtualTier(_Model):
+    """A compute tier on the backhaul: its own namespace, ``distance_km`` of fibre away."""
+
+    distance_km: Annotated[
+        StrictFloat | StrictInt,
+        Field(
+            ge=0,
+            le=20_000,
+            allow_inf_nan=False,
+            description="the fibre distance in km from the gateways, 0 to 20000",
+        ),
+    ]
+
+
 class VirtualLabSpec(_Model):
     """The virtual lab: one Linux machine plays every gateway (see bench.lab).
 
@@ -651,6 +670,10 @@ class VirtualLabSpec(_Model):
     mesh: VirtualMesh = Field(
         default_factory=VirtualMesh,
         description="a mapping with keys meters, seed, time_scale, per_gateway (all optional)",
+    )
+    tiers: dict[TierName, VirtualTier] = Field(
+        default_factory=dict,
+        description="a mapping of tier (edge, cloud) to {distance_km: N}",
     )
 
     @model_validator(mode="after")
@@ -678,6 +701,10 @@ class VirtualLabSpec(_Model):
     def cloud_address(self) -> IPv4Address:
         """The cloud side of the backhaul (.1)."""
         return self.backhaul_subnet.network_address + 1
+
+    def tier_address(self, tier: str) -> IPv4Address:
+        """A compute tier's address on the backhaul: edge .2, cloud .3."""
+        return self.backhaul_subnet.network_address + TIER_HOSTS[tier]
 
     def gateway_address(self, index: int) -> IPv4Address:
         """Management address of gateway ``index`` (0-based): .(11 + index)."""
@@ -998,6 +1025,12 @@ def _virtual_problems(rig: Rig) -> Iterator[tuple[Loc, str]]:
     assert rig.virtual is not None
     yield from _mesh_override_problems(rig)
     for i, gateway in enumerate(rig.gateways):
+        if gateway.name in RESERVED_GATEWAY_NAMES:
+            yield (
+                ("gateways", i, "name"),
+                f"{gateway.name!r} names one of the virtual lab's own namespaces; choose "
+                "another gateway name",
+            )
         if not _VIRTUAL_GATEWAY_NAME.match(gateway.name):
             yield (
                 ("gateways", i, "name"),

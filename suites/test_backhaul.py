@@ -22,11 +22,13 @@ from bench.placement.backhaul import BackhaulClient, EchoService
 from bench.placement.counters import ByteCounter
 from bench.plugin import Recorder
 from bench.results.stats import summarize_latencies
+from bench.results.units import PROPAGATION_MS_PER_KM
 from bench.session import BenchSession
 
 pytestmark = pytest.mark.needs("backhaul")
 
 RTT_COUNT, RTT_SIZE = 500, 64
+TIER_RTT_COUNT = 200
 BULK_BYTES = 32 << 20
 UDP_COUNT, UDP_INTERVAL_S, UDP_TMAX_S = 300, 0.002, 1.0
 # one simulated minute of a meter feed: raw samples vs the events the gateway derives
@@ -62,6 +64,30 @@ def test_rtt(client: BackhaulClient, results: Recorder) -> None:
         results.record(f"backhaul.rtt.{name}", getattr(summary, f"{name}_us"), "us", **context)
     results.record("backhaul.rtt.count", len(rtts), "count", **context)
     assert len(rtts) == RTT_COUNT and 0 < summary.p50_us <= summary.p99_us
+
+
+@pytest.mark.parametrize("tier", ["edge", "cloud"])
+def test_tier_rtt(
+    gateway: ConnectedGateway, rig: BenchSession, tier: str, results: Recorder
+) -> None:
+    """TCP round trips from the gateway to a compute tier the lab puts ``distance_km`` away
+    (``virtual.tiers``): what ``fieldrig place`` uses for that tier instead of assuming."""
+    spec = rig.spec.virtual
+    if spec is None or tier not in spec.tiers:
+        pytest.skip(f"rig '{rig.spec.name}' has no {tier} tier (virtual.tiers.{tier})")
+    distance_km = float(spec.tiers[tier].distance_km)
+    with EchoService.for_tier(rig.spec, tier) as service:
+        rtts = BackhaulClient(gateway, service).rtt_ns(TIER_RTT_COUNT, RTT_SIZE)
+    summary = summarize_latencies([rtts])
+    context = {"tier": tier, "distance_km": distance_km, "transport": "tcp", "size": RTT_SIZE}
+    for name in ("p50", "p90", "p99", "max"):
+        results.record(f"tier.rtt.{name}", getattr(summary, f"{name}_us"), "us", **context)
+    results.record("tier.distance", distance_km, "km", tier=tier)
+    fibre_us = 2 * distance_km * PROPAGATION_MS_PER_KM * 1e3
+    assert summary.p50_us >= fibre_us, (
+        f"{gateway.name} -> {tier}: median RTT {summary.p50_us:.0f} us is below the "
+        f"{fibre_us:.0f} us that {distance_km:g} km of fibre take: the distance is not there"
+    )
 
 
 def test_bandwidth(client: BackhaulClient, results: Recorder) -> None:

@@ -85,3 +85,36 @@ def test_accuracy(gateway: ConnectedGateway, model: ModelEntry, results: Recorde
                                         "variant": model.variant},
     )  # fmt: skip
     check_quality(model, run)
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: m.id)
+@pytest.mark.parametrize("tier", ["edge", "cloud"])
+def test_tier_latency(
+    tier: str,
+    model: ModelEntry,
+    rig: BenchSession,
+    results: Recorder,
+    request: pytest.FixtureRequest,
+) -> None:
+    """The same runner on a compute tier of the virtual lab (``virtual.tiers``): this host's
+    CPU in the tier's namespace stands for the edge / cloud server, labelled as such."""
+    spec = rig.spec.virtual
+    if spec is None or tier not in spec.tiers:
+        pytest.skip(f"rig '{rig.spec.name}' has no {tier} tier (virtual.tiers.{tier})")
+    from bench.lab.tier_host import TierHost
+
+    options = InferenceOptions(
+        threads=1,
+        windows=request.config.getoption("inference_windows"),
+        min_secs=request.config.getoption("inference_min_secs"),
+        min_inferences=request.config.getoption("inference_min_count"),
+    )
+    run = measure_latency(TierHost(rig.spec, tier), model, options)
+    summary = run.summary
+    assert summary is not None
+    context = {**run.stack, "model": model.name, "variant": model.variant, "tier": tier,
+               "hardware": "virtual lab host CPU"}  # fmt: skip
+    for name in ("p50", "p90", "p99", "mean"):
+        results.record(f"latency.{name}", getattr(summary, f"{name}_us"), "us", **context)
+    results.record("latency.count", summary.count, "count", **context)
+    assert summary.count >= len(run.window_latencies_ns) * options.min_inferences

@@ -130,6 +130,60 @@ def test_tight_budget_and_slow_gateway(runs: tuple[Path, str, str]) -> None:
     assert any(r.startswith("gateway: cannot keep up") for r in slow.reasons)
 
 
+def test_a_measured_tier_replaces_the_local_rtt_and_its_distance(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    edge = {"tier": "edge"}
+    make_run(root, [
+        ("g0", "inference", "latency.p50", 1000.0, "us", M),
+        ("g0", "inference", "latency.p99", 4000.0, "us", M),
+        (None, "inference", "latency.p50", 100.0, "us", {**M, **edge}),
+        (None, "inference", "latency.p99", 300.0, "us", {**M, **edge}),
+        ("g0", "backhaul", "backhaul.rtt.p50", 300.0, "us", {}),
+        ("g0", "backhaul", "backhaul.rtt.p99", 900.0, "us", {}),
+        ("g0", "backhaul", "backhaul.bandwidth", 8e6, "bit/s", {}),
+        ("g0", "backhaul", "tier.rtt.p50", 700.0, "us", {**edge, "distance_km": 20.0}),
+        ("g0", "backhaul", "tier.rtt.p99", 1500.0, "us", {**edge, "distance_km": 20.0}),
+        ("g0", "backhaul", "tier.distance", 20.0, "km", edge),
+    ])  # fmt: skip
+    workload = parse_workload(WORKLOAD % "", "w.yaml")  # edge 30 km from the meters
+    advice = advise(workload, Measurements.load(root))
+    tier = advice.tier("edge")
+    assert tier.status == "ok", tier.notes
+    terms = {t.name: t for t in tier.terms}
+    # meters -> gateway (2 km) by physics, gateway -> edge measured over the lab's 20 km,
+    # and the 8 km the lab did not cover by physics again
+    assert terms["propagation 2 km"].p50_ms == pytest.approx(propagation_ms(2))
+    assert terms["propagation +8 km beyond the measured 20 km"].p50_ms == pytest.approx(
+        propagation_ms(8)
+    )
+    assert terms["rtt to the edge tier (20 km)"].p99_ms == pytest.approx(1.5)
+    assert "backhaul rtt" not in terms
+    assert terms["inference"].p50_ms == pytest.approx(0.1)  # the tier's own run
+    assert tier.p50_ms == pytest.approx(0.1 + 0.02 + 0.08 + 1.0 + 0.7)  # + 1000 B at 8 Mbit/s
+    assert advice.tier("cloud").status == "unmeasured"  # its measured_by run is absent
+
+
+def test_data_from_the_meters_crosses_the_measured_mesh(runs: tuple[Path, str, str]) -> None:
+    root, _, host_run = runs
+    workload = parse_workload((WORKLOAD % "").replace("RUN", host_run), "w.yaml")
+    before = advise(workload, Measurements.load(root)).tier("gateway")
+    assert any("mesh is counted as fibre" in n for n in before.notes)
+    make_run(root, [
+        ("g0", "mesh", "mesh.delivery.rtt_p50", 0.35, "s", {"hops": "all"}),
+        ("g0", "mesh", "mesh.delivery.rtt_p99", 1.8, "s", {"hops": "all"}),
+        ("g0", "mesh", "mesh.delivery.rtt_p50", 0.1, "s", {"hops": 1}),
+    ])  # fmt: skip
+    advice = advise(workload, Measurements.load(root))
+    gateway, cloud = advice.tier("gateway"), advice.tier("cloud")
+    terms = {t.name: t for t in gateway.terms}
+    assert terms["mesh rtt (meters to gateway)"].p99_ms == pytest.approx(1800.0)
+    assert not any(t.name.startswith("propagation") for t in gateway.terms)  # radio, not fibre
+    assert gateway.p50_ms == pytest.approx(1.0 + 350.0)
+    assert gateway.meets_budget is False  # a 20 ms budget cannot cross this mesh
+    assert {t.name for t in cloud.terms} >= {"mesh rtt (meters to gateway)", "propagation 798 km"}
+    assert advice.recommended is None
+
+
 def test_no_backhaul_run_leaves_crossing_tiers_unmeasured(tmp_path: Path) -> None:
     root = tmp_path / "runs"
     host = make_run(root, [("host", "inference", "latency.p50", 1.0, "us", M),
@@ -223,6 +277,9 @@ virtual:
   management_subnet: 10.213.45.0/24
   backhaul_subnet: 10.214.45.0/24
   board_python: /opt/fieldrig/board-python/bin/python3
+  tiers:
+    edge: {{distance_km: 30}}
+    cloud: {{distance_km: 800}}
 ssh_defaults:
   auth: {{identity_file: "{{state_dir}}/id_ed25519"}}
   host_key: {{known_hosts: "{{state_dir}}/known_hosts"}}
@@ -246,23 +303,29 @@ def scratch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     lab = VirtualLab(load_rig(path))
     try:
         lab.up()
+        assert lab.status().tiers_running
         yield path
     finally:
         lab.down(purge=True)
+    from tests.test_lab import leftovers
+
+    assert leftovers(lab) == []  # the tiers' namespaces and relays went with the lab
 
 
 def test_backhaul_suite_on_a_scratch_lab(scratch: Path, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "suites/test_backhaul.py", f"--rig={scratch}",
-         f"--runs-dir={runs}", "-p", "no:cacheprovider", "-q"],
-        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+        [sys.executable, "-m", "pytest", "suites/test_backhaul.py", "suites/test_inference.py",
+         "-k", "not test_latency and not test_accuracy", f"--rig={scratch}",
+         f"--runs-dir={runs}", "-p", "no:cacheprovider", "-q", "--inference-windows=2",
+         "--inference-min-secs=0.2", "--inference-min-count=20"],
+        cwd=REPO, capture_output=True, text=True, timeout=240, check=False,
         env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     (run_dir,) = runs.iterdir()
     outcomes = read_jsonl(run_dir / "outcomes.jsonl")
-    assert len(outcomes) == 8 and {o["outcome"] for o in outcomes} == {"passed"}
+    assert len(outcomes) == 20 and {o["outcome"] for o in outcomes} == {"passed"}
     got = {(r["gateway"], r["metric"]): r for r in read_jsonl(run_dir / "measurements.jsonl")}
     for gw in ("g0", "g1"):
         assert 0 < got[gw, "backhaul.rtt.p50"]["value"] <= got[gw, "backhaul.rtt.p99"]["value"]
@@ -276,10 +339,31 @@ def test_backhaul_suite_on_a_scratch_lab(scratch: Path, tmp_path: Path) -> None:
         assert raw["value"] >= 3000 * (64 + 42) and events["value"] >= 30 * (48 + 42)
         assert events["value"] < 0.02 * raw["value"]
         assert 42 <= got[gw, "backhaul.overhead_per_message"]["value"] < 60
-    # the measured run feeds placement
+    # the lab's tiers are as far away as configured: 2 x 5 us/km of fibre at least, and
+    # the cloud (800 km) further than the edge (30 km)
+    records = read_jsonl(run_dir / "measurements.jsonl")
+    tiers = {
+        (r["gateway"], r["parameters"].get("tier"), r["metric"]): r["value"]
+        for r in records
+        if r["metric"].startswith("tier.")
+    }
+    for gw in ("g0", "g1"):
+        edge, cloud = tiers[gw, "edge", "tier.rtt.p50"], tiers[gw, "cloud", "tier.rtt.p50"]
+        assert 300 <= edge < cloud and cloud >= 8000, (edge, cloud)
+        assert tiers[gw, "cloud", "tier.distance"] == 800
+    # the measured run feeds placement: every tier measured, the tiers' own RTT used
     advice = advise(load_workload(REPO / "workloads/feeder_fault.yaml"), Measurements.load(runs))
     assert advice.backhaul["overhead_per_message"] is not None
     assert {n.run for n in advice.sources} == {run_dir.name}
+    for name in ("edge", "cloud"):
+        tier = advice.tier(name)
+        assert tier.status == "ok", tier.notes
+        terms = {t.name: t for t in tier.terms}
+        rtt = terms[f"rtt to the {name} tier ({30 if name == 'edge' else 800} km)"]
+        assert rtt.basis == "measured" and rtt.p50_ms >= propagation_ms(30)
+        assert "backhaul rtt" not in terms  # the tier's own measurement, not the local link
+        assert any(s.metric == "latency.p50" and s.params.get("tier") == name
+                   for s in advice.sources)  # fmt: skip
     leftover = subprocess.run(["ip", "netns", "exec", "fr-tplace-g0", "nft", "list", "tables"],
                               capture_output=True, text=True, check=False).stdout  # fmt: skip
     assert "fieldrig_counter" not in leftover

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from bench.lab.system import stop_process
 from bench.reservation import GatewayPlaces, LabgridReservations
 from bench.reservation.labgrid import find_client
 from bench.results.store import read_jsonl
+from bench.rig import load_rig
 
 _PORTS = itertools.count(20400)
 UNUSED_PORT = 20499  # nothing listens here: the unreachable coordinator (and 20497-8: sshd)
@@ -375,6 +377,37 @@ def test_places_are_given_back_when_the_session_dies(tmp_path: Path, lab: Lab) -
     assert proc.returncode == 1 and "RuntimeError: the session dies" in proc.stderr
     assert lab.holder("tres-g1") is None
     assert lab.reservation_owners() == []
+
+
+def test_doctor_releases_the_places_of_a_killed_session(tmp_path: Path, lab: Lab) -> None:
+    """SIGKILL leaves no chance to release: `fieldrig lab doctor --fix` does it afterwards."""
+    from bench.lab.doctor import Doctor
+
+    lab.create("tres-g1", "other")
+    rig_path = _rig(tmp_path / "tres.yaml", lab.address, {"g1": "tres-g1"})
+    script = textwrap.dedent(f"""
+        import os, signal
+        from pathlib import Path
+        from bench.rig import load_rig
+        from bench.session import BenchSession
+
+        BenchSession.start(
+            load_rig("{rig_path}"), selected=["g1"], runs_dir=Path("{tmp_path}/runs"), say=print
+        )
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120,
+                          check=False)  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL
+    me = LabgridReservations(lab.address).identity
+    assert lab.holder("tres-g1") == me  # the killed session's, never released
+    lab.user("someone").acquire(["other"], timeout_s=10)  # not ours: left alone
+    report = Doctor(load_rig(rig_path)).run(fix=True)
+    assert [(f.kind, f.fixed) for f in report.findings] == [("labgrid-place", True)], report
+    assert report.clean
+    assert lab.holder("tres-g1") is None
+    assert str(lab.holder("other")).endswith("/someone")
+    assert Doctor(load_rig(rig_path)).run(fix=False).clean
 
 
 # --- serial over the exporter -----------------------------------------------------------------

@@ -112,10 +112,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--mark", type=int, required=True)
     parser.add_argument("--parent-pid", type=int, required=True)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bind", default="127.0.0.1",
+                        help="where the redirect delivers: 127.0.0.1 for an output-hook "
+                        "redirect, the interface's address for a prerouting one")  # fmt: skip
     args = parser.parse_args(argv)
     server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    server.bind(("127.0.0.1", args.port))
+    server.bind((args.bind, args.port))
     server.listen(64)
     server.settimeout(0.5)
     print(READY, flush=True)

@@ -1,4 +1,5 @@
-"""Deploy the on-device runner and a model to a gateway, run it, parse what it measured."""
+"""Deploy the on-device runner and a model to a gateway (or a lab tier), run it, parse what
+it measured."""
 
 from __future__ import annotations
 
@@ -6,10 +7,10 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from bench.errors import BenchError
-from bench.gateway import ConnectedGateway
+from bench.gateway import Commands, ConnectedGateway
 from bench.inference.manifest import ModelEntry
 from bench.results.stats import LatencySummary, summarize_latencies
 
@@ -93,7 +94,13 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def deploy(gateway: ConnectedGateway, local: Path) -> str:
+class RunnerHost(Commands, Protocol):
+    """Where the runner runs: a gateway over SSH, or a virtual lab tier (TierHost)."""
+
+    def put(self, local: Path, remote: str, mode: int | None = None) -> bool: ...
+
+
+def deploy(gateway: RunnerHost, local: Path) -> str:
     """Put a file into the gateway's fieldrig directory (skipped when identical)."""
     remote = f"{REMOTE_DIR}/{local.name}"
     gateway.put(local, remote)
@@ -101,7 +108,7 @@ def deploy(gateway: ConnectedGateway, local: Path) -> str:
 
 
 def run_runner(
-    gateway: ConnectedGateway,
+    gateway: RunnerHost,
     model: Path,
     *,
     label: str,
@@ -133,7 +140,7 @@ def run_runner(
 
 
 def measure_latency(
-    gateway: ConnectedGateway,
+    gateway: RunnerHost,
     model: ModelEntry | Path,
     options: InferenceOptions | None = None,
 ) -> InferenceRun:

@@ -250,9 +250,46 @@ class Doctor:
             found += self._stray_namespaces()
         if not live:
             found += self._instruments()
+            found += self._places()
         if self.plan is not None:
             found += self._lab(live)
             found += self._pid_files()
+        return found
+
+    # ------------------------------------------------------------------ labgrid places
+    def _places(self) -> list[Finding]:
+        """Places of this rig that the coordinator says this bench holds while no session
+        of it runs here: a killed run's, which never released them."""
+        coordinator = self.rig.coordinator
+        places = {gw.place: gw.name for gw in self.rig.gateways if gw.place is not None}
+        if coordinator is None or not places:
+            return []
+        from bench.errors import ReservationError
+        from bench.reservation.labgrid import LabgridReservations
+
+        try:
+            backend = LabgridReservations(coordinator.address)
+            holders = backend.holders()
+        except ReservationError as exc:
+            self.notes.append(f"labgrid places not checked: {exc}")
+            return []
+        found = []
+        for place, gateway in sorted(places.items()):
+            if holders.get(place) != backend.identity:
+                continue
+
+            def fix(place: str = place) -> str:
+                backend.release_stale(place)
+                return "released"
+
+            found.append(
+                Finding(
+                    "labgrid-place",
+                    f"place {place} (gateway {gateway}) on {coordinator.address}",
+                    f"acquired by {backend.identity} but no session holds rig '{self.rig.name}'",
+                    fix=fix,
+                )
+            )
         return found
 
     # ------------------------------------------------------------------ faults
@@ -414,7 +451,7 @@ class Doctor:
 
     def _stray_namespaces(self) -> list[Finding]:
         assert self.plan is not None
-        planned = {g.namespace for g in self.plan.gateways} | {self.plan.cloud_namespace}
+        planned = self.plan.namespaces
         found = []
         for ns in system.netns_list():
             if ns.startswith(self.plan.prefix) and ns not in planned:

@@ -31,12 +31,19 @@ from pathlib import Path
 
 from bench.boards import BOARDS
 from bench.errors import LabError
+from bench.faults.delay_relay import READY as RELAY_READY
+from bench.faults.probe import probe
+from bench.faults.relay import RELAY_MARK
 from bench.lab import bulk, cgroups, system
 from bench.lab.radio_plan import CONTROL_SOCKET, attenuator_of, radio_dir, virtual_radios
+from bench.results.units import PROPAGATION_MS_PER_KM
 from bench.rig import Rig
 
+TIER_RELAY_PORT = 39999  # the tiers' delay relays, inside their own namespaces
+TIER_TABLE = "lab_tier_delay"  # not "fieldrig_*": it is the lab's, not a fault
+
 # Bump when the way a lab is built changes, so labs built the old way are rebuilt.
-LAB_FORMAT = 7
+LAB_FORMAT = 8
 SERVICE_START_S = 30
 
 
@@ -72,6 +79,22 @@ class GatewayPlan:
 
 
 @dataclass(frozen=True)
+class TierPlan:
+    """A compute tier (edge, cloud) on the backhaul: a namespace ``distance_km`` away."""
+
+    name: str
+    namespace: str
+    address: str
+    cloud_veth: str  # its veth's end on the cloud namespace's backhaul bridge
+    distance_km: float
+
+    @property
+    def one_way_ms(self) -> float:
+        """Fibre propagation one way: 5 us per km (light in glass, about c/1.47)."""
+        return self.distance_km * PROPAGATION_MS_PER_KM
+
+
+@dataclass(frozen=True)
 class LabPlan:
     """Everything the lab is made of, derived from the rig alone."""
 
@@ -84,6 +107,22 @@ class LabPlan:
     cloud_address: str
     wan_prefix: int
     gateways: tuple[GatewayPlan, ...]
+    tiers: tuple[TierPlan, ...] = ()
+
+    @property
+    def namespaces(self) -> set[str]:
+        """Every namespace the plan has: gateways, cloud, tiers."""
+        return (
+            {g.namespace for g in self.gateways}
+            | {self.cloud_namespace}
+            | {t.namespace for t in self.tiers}
+        )
+
+    def tier(self, name: str) -> TierPlan:
+        for tier in self.tiers:
+            if tier.name == name:
+                return tier
+        raise LabError(f"virtual lab '{self.lab_id}' has no {name} tier (virtual.tiers)")
 
     @property
     def prefix(self) -> str:
@@ -137,6 +176,16 @@ def plan_for(rig: Rig) -> LabPlan:
         cloud_address=str(spec.cloud_address),
         wan_prefix=spec.backhaul_subnet.prefixlen,
         gateways=gateways,
+        tiers=tuple(
+            TierPlan(
+                name=name,
+                namespace=f"fr-{lab_id}-tier-{name}",
+                address=str(spec.tier_address(name)),
+                cloud_veth=f"tier-{name}",
+                distance_km=float(tier.distance_km),
+            )
+            for name, tier in sorted(spec.tiers.items())
+        ),
     )
 
 
@@ -170,6 +219,7 @@ class LabStatus:
     supply_running: bool = True
     radios: list[str] = field(default_factory=list)  # gateways with an emulated dongle
     radios_running: bool = True
+    tiers_running: bool = True  # every compute tier's namespace up, delayed as planned
 
     @property
     def healthy(self) -> bool:
@@ -178,6 +228,7 @@ class LabStatus:
             self.built_as_planned
             and self.supply_running
             and self.radios_running
+            and self.tiers_running
             and self.bridge_present
             and self.cloud_present
             and bool(self.gateways)
@@ -218,7 +269,7 @@ class VirtualLab:
     def status(self) -> LabStatus:
         plan = self.plan
         namespaces = set(system.netns_list())
-        ours = {g.namespace for g in plan.gateways} | {plan.cloud_namespace}
+        ours = plan.namespaces
         status = LabStatus(
             lab_id=plan.lab_id,
             built_as_planned=self._built_digest() == self.digest(),
@@ -245,6 +296,7 @@ class VirtualLab:
                     power=self._power_state(gw.name),
                 )
             )
+        status.tiers_running = all(self._tier_ready(t, namespaces) for t in plan.tiers)
         supply = power_supply_of(self.rig)
         if supply is not None:
             status.supply = f"TCPIP::127.0.0.1::{supply[1]}::SOCKET"
@@ -555,9 +607,70 @@ class VirtualLab:
                 f"addr add {gw.wan_address}/{plan.wan_prefix} dev wan0",
                 "link set wan0 up",
             ]
+        for tier in plan.tiers:
+            root += [
+                f"netns add {tier.namespace}",
+                f"link add name wan0 netns {tier.namespace} type veth peer name "
+                f"{tier.cloud_veth} netns {cloud}",
+            ]
+            in_cloud.append(f"link set {tier.cloud_veth} master wanbr up")
+            inside[tier.namespace] = [
+                "link set lo up",
+                f"addr add {tier.address}/{plan.wan_prefix} dev wan0",
+                "link set wan0 up",
+            ]
         bulk.ip_batch(root)
         bulk.ip_batch(in_cloud, cloud)
         bulk.each(list(inside.items()), lambda item: bulk.ip_batch(item[1], item[0]))
+        for tier in plan.tiers:
+            self._delay_tier(tier)
+
+    @staticmethod
+    def _tier_ready(tier: TierPlan, namespaces: set[str]) -> bool:
+        if tier.namespace not in namespaces:
+            return False
+        relayed = tier.one_way_ms > 0 and not probe().netem
+        return not relayed or bool(system.netns_pids(tier.namespace))
+
+    def _delay_tier(self, tier: TierPlan) -> None:
+        """Put the tier ``distance_km`` away: netem on both ends of its veth where the kernel
+        has it, else every TCP connection into the tier goes through a delay relay in its
+        namespace (UDP then crosses undelayed: measure tiers over TCP)."""
+        if tier.one_way_ms <= 0:
+            return
+        if probe().netem:
+            delay = f"{tier.one_way_ms:.4f}ms"
+            system.run(["tc", "-n", tier.namespace, "qdisc", "add", "dev", "wan0", "root",
+                        "netem", "delay", delay])  # fmt: skip
+            system.run(["tc", "-n", self.plan.cloud_namespace, "qdisc", "add", "dev",
+                        tier.cloud_veth, "root", "netem", "delay", delay])  # fmt: skip
+            return
+        argv = [sys.executable, "-m", "bench.faults.delay_relay", "--port", str(TIER_RELAY_PORT),
+                "--delay-ms", f"{tier.one_way_ms:.4f}", "--mark", str(RELAY_MARK),
+                "--bind", tier.address,
+                "--parent-pid", "1"]  # fmt: skip  # lives as long as the lab's namespace
+        relay = subprocess.Popen(
+            system.in_namespace(tier.namespace, argv), stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, text=True, env=system.bench_python_env(),
+            start_new_session=True,
+        )  # fmt: skip
+        assert relay.stdout is not None
+        line = relay.stdout.readline()
+        relay.stdout.close()
+        if not line.startswith(RELAY_READY):
+            raise LabError(f"the delay relay of the {tier.name} tier did not start")
+        nft = "\n".join(
+            [
+                f"table ip {TIER_TABLE} {{",
+                "  chain pre {",
+                "    type nat hook prerouting priority -100; policy accept;",
+                f'    iifname "wan0" meta l4proto tcp redirect to :{TIER_RELAY_PORT}',
+                "  }",
+                "}",
+                "",
+            ]
+        )
+        system.run(["ip", "netns", "exec", tier.namespace, "nft", "-f", "-"], input_text=nft)
 
     def _check_subnet_free(self) -> None:
         wanted = ipaddress.IPv4Network(f"{self.plan.bridge_address}/{self.plan.mgmt_prefix}", False)

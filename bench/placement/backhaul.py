@@ -50,6 +50,16 @@ class EchoService:
         plan = plan_for(rig)
         return cls(plan.cloud_namespace, str(rig.virtual.cloud_address))
 
+    @classmethod
+    def for_tier(cls, rig: Rig, tier: str) -> EchoService:
+        """In the virtual lab's ``tier`` namespace (edge, cloud: ``virtual.tiers``)."""
+        if rig.virtual is None:
+            raise BackhaulError(f"rig '{rig.name}' is not a virtual lab: no {tier} tier")
+        from bench.lab.virtual import plan_for
+
+        found = plan_for(rig).tier(tier)
+        return cls(found.namespace, found.address)
+
     def start(self) -> Self:
         argv = [sys.executable, str(SOURCE), "serve", "--bind", self.bind, "--port", "0",
                 "--parent-pid", str(os.getpid())]  # fmt: skip

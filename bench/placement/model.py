@@ -21,8 +21,8 @@ from typing import Any, Final
 
 from bench.placement.measured import Measurements, Number
 from bench.placement.workload import TIERS, Workload
+from bench.results.units import PROPAGATION_MS_PER_KM
 
-PROPAGATION_MS_PER_KM: Final = 0.005  # 5 us per km of fibre, one way
 SECONDS_PER_DAY: Final = 86_400
 BACKHAUL_TIERS: Final = ("edge", "cloud")
 
@@ -133,6 +133,8 @@ class _Context:
             return {"run": spec.measured_by.run, "gateway": spec.measured_by.gateway}
         if tier == "gateway":
             return {"gateway": self.w.gateway, "board": self.w.board}
+        if tier in BACKHAUL_TIERS:  # measured on the lab's own tier (virtual.tiers)
+            return {"tier": tier}
         return {}
 
     def backhaul_where(self) -> dict[str, Any]:
@@ -141,6 +143,11 @@ class _Context:
     def backhaul(self, metric: str) -> Number | None:
         found = self.find(metric, **self.backhaul_where())
         return found if found is not None else self.find(metric)
+
+    def backhaul_for(self, metric: str, **params: Any) -> Number | None:
+        """Like :meth:`backhaul`, matching ``params`` too."""
+        found = self.find(metric, **self.backhaul_where(), **params)
+        return found if found is not None else self.find(metric, **params)
 
 
 def _inference(ctx: _Context, tier: str, result: TierResult) -> None:
@@ -161,6 +168,14 @@ def _inference(ctx: _Context, tier: str, result: TierResult) -> None:
     ident = {"model": model.name, "variant": model.variant, "threads": model.threads}
     p50 = ctx.find("latency.p50", **where, **ident)
     p99 = ctx.find("latency.p99", **where, **ident)
+    if (p50 is None or p99 is None) and set(where) == {"tier"}:
+        result.status = "unmeasured"
+        result.notes.append(
+            f"no run measures the {tier} tier: run suites/test_inference.py on a lab with "
+            f"virtual.tiers.{tier}, or set tiers.{tier}.measured_by (run, gateway) to the run "
+            "that stands for its hardware"
+        )
+        return
     if p50 is None or p99 is None:
         result.status = "unmeasured"
         result.notes.append(
@@ -187,12 +202,40 @@ def _transport(ctx: _Context, tier: str, result: TierResult) -> None:
     w = ctx.w
     origin_km = w.tier(w.origin).distance_km
     distance = abs(w.tier(tier).distance_km - origin_km)
-    if distance:
+    tier_rtt = _tier_rtt(ctx, tier) if tier in BACKHAUL_TIERS else None
+    mesh = _mesh_rtt(ctx) if w.origin == "device" and tier != "device" else None
+    if mesh is not None:
+        # meters reach the gateway over the radio mesh, not fibre: its measured round trip
+        m50, m99 = mesh
+        result.terms.append(Term("mesh rtt (meters to gateway)", m50.value * 1e3,
+                                 m99.value * 1e3, (m50, m99)))  # fmt: skip
+        origin_km = w.tier("gateway").distance_km
+        distance = abs(w.tier(tier).distance_km - origin_km)
+    if tier_rtt is not None:
+        # the gateway-to-tier part was measured through a lab tier lab_km away; physics
+        # covers the origin-to-gateway part and any difference to the workload's distance
+        _, _, lab_km = tier_rtt
+        gateway_km = w.tier("gateway").distance_km
+        beyond = abs(w.tier(tier).distance_km - gateway_km) - lab_km
+        to_gateway = abs(gateway_km - origin_km)
+        if to_gateway:
+            prop = propagation_ms(to_gateway)
+            result.terms.append(Term(f"propagation {to_gateway:g} km", prop, prop, basis="physics"))
+        if beyond:
+            prop = propagation_ms(beyond)
+            result.terms.append(
+                Term(f"propagation {beyond:+g} km beyond the measured {lab_km:g} km", prop, prop,
+                     basis="physics")
+            )  # fmt: skip
+    elif distance:
         prop = propagation_ms(distance)
         result.terms.append(Term(f"propagation {distance:g} km", prop, prop, basis="physics"))
+    if w.origin == "device" and tier != "device" and mesh is None:
+        result.notes.append(
+            "the meters-to-gateway mesh is counted as fibre: no mesh round trip measured "
+            "(run suites/test_mesh.py)"
+        )
     if tier not in BACKHAUL_TIERS:
-        if w.origin == "device" and tier == "gateway":
-            result.notes.append("the device-to-gateway access link (mesh) is not included")
         return
     bandwidth = ctx.backhaul("backhaul.bandwidth")
     rtt50 = ctx.backhaul("backhaul.rtt.p50")
@@ -203,7 +246,16 @@ def _transport(ctx: _Context, tier: str, result: TierResult) -> None:
         return
     ser = w.payload_bytes * 8 / bandwidth.value * 1e3
     result.terms.append(Term("serialization", ser, ser, (bandwidth,)))
-    result.terms.append(Term("backhaul rtt", rtt50.value / 1e3, rtt99.value / 1e3, (rtt50, rtt99)))
+    if tier_rtt is not None:
+        t50, t99, lab_km = tier_rtt
+        result.terms.append(
+            Term(f"rtt to the {tier} tier ({lab_km:g} km)", t50.value / 1e3, t99.value / 1e3,
+                 (t50, t99))
+        )  # fmt: skip
+    else:
+        result.terms.append(
+            Term("backhaul rtt", rtt50.value / 1e3, rtt99.value / 1e3, (rtt50, rtt99))
+        )
     if w.rate_per_s * w.payload_bytes * 8 >= bandwidth.value:
         result.notes.append("raw data rate exceeds the measured backhaul bandwidth")
     loss = ctx.backhaul("backhaul.loss")
@@ -214,6 +266,28 @@ def _transport(ctx: _Context, tier: str, result: TierResult) -> None:
             "add to the tail"
         )
     result.notes.append("transport energy unmeasured")
+
+
+def _mesh_rtt(ctx: _Context) -> tuple[Number, Number] | None:
+    """Measured probe round trips (p50, p99, in s) to the meters behind the gateway."""
+    p50 = ctx.backhaul_for("mesh.delivery.rtt_p50", hops="all")
+    if p50 is None:
+        return None
+    p99 = ctx.find("mesh.delivery.rtt_p99", run=p50.run, gateway=p50.gateway, hops="all")
+    return None if p99 is None else (p50, p99)
+
+
+def _tier_rtt(ctx: _Context, tier: str) -> tuple[Number, Number, float] | None:
+    """Measured gateway-to-tier RTT (p50, p99 in us) and the distance it was measured over."""
+    p50 = ctx.backhaul_for("tier.rtt.p50", tier=tier)
+    if p50 is None:
+        return None
+    where = {"run": p50.run, "gateway": p50.gateway, "tier": tier}
+    p99 = ctx.find("tier.rtt.p99", **where)
+    km = ctx.find("tier.distance", **where)
+    if p99 is None or km is None:
+        return None
+    return p50, p99, km.value
 
 
 def _bytes_per_day(ctx: _Context) -> dict[str, float | None]:

@@ -147,6 +147,11 @@ class LabgridReservations:
                 raise
         self._cancel(token)
 
+    def release_stale(self, place: str) -> None:
+        """Release ``place`` held under this bench's identity by a session that is gone
+        (SIGKILLed: it never released); its reservation expires by itself."""
+        self._client_run("-p", place, "release-from", self.identity)
+
     # --- more of labgrid -------------------------------------------------------------------
 
     def places(self) -> dict[str, PlaceState]:

@@ -9,6 +9,9 @@ from __future__ import annotations
 import re
 from typing import Final
 
+#: fibre propagation one way, ms per km: light in glass travels at about c/1.47, ~5 us/km
+PROPAGATION_MS_PER_KM: Final = 0.005
+
 UNITS: Final[tuple[str, ...]] = (
     "s",
     "ms",
@@ -31,6 +34,7 @@ UNITS: Final[tuple[str, ...]] = (
     "Hz",
     "degC",
     "inf/J",
+    "km",
 )
 _UNIT_SET: Final[frozenset[str]] = frozenset(UNITS)
 
