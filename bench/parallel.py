@@ -98,7 +98,7 @@ def forget(testrunuid: str) -> None:
 
 
 @contextmanager
-def test_locks(
+def hold_for_test(
     testrunuid: str,
     *,
     gateway: str | None,

@@ -19,7 +19,7 @@ from bench.faults.chaos import from_env as random_faults
 from bench.gateway import ConnectedGateway
 from bench.instruments.meter import ArraySupplyMeter, SupplyChannelMeter
 from bench.instruments.psu import PowerSupply
-from bench.parallel import FLEET_GROUP, RunGroup, forget, run_dir_of, test_locks
+from bench.parallel import FLEET_GROUP, RunGroup, forget, hold_for_test, run_dir_of
 from bench.radio.capability import Radio
 from bench.results import RunStore
 from bench.results.store import read_jsonl
@@ -248,7 +248,7 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
     if gateway is not None and "gateway_power" in getattr(item, "fixturenames", ()):
         power = state.spec.gateway(gateway).power
         instruments = [power.instrument] if power is not None else []
-    with test_locks(
+    with hold_for_test(
         uid, gateway=gateway, fleet=list(state.session.gateways), instruments=instruments
     ):
         return (yield)
