@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -548,6 +549,15 @@ def echo_server() -> Iterator[int]:
     proc.wait()
 
 
+def _fault_relays() -> list[str]:
+    """Delay relays of faults; not the virtual lab's own tier relays (parent pid 1)."""
+    return [
+        line
+        for line in sh("ps", "-eo", "args").splitlines()
+        if "bench.faults.delay_relay" in line and not re.search(r"--parent-pid 1\b", line)
+    ]
+
+
 def test_relay_delays_tcp_both_ways_and_goes_away(echo_server: int) -> None:
     if probe().netem:
         pytest.skip("this kernel has netem: delay() uses it, not the relay")
@@ -560,7 +570,7 @@ def test_relay_delays_tcp_both_ways_and_goes_away(echo_server: int) -> None:
     median = sorted(delayed)[len(delayed) // 2]
     assert 0.080 <= median <= 0.080 + 0.060, delayed  # 40 ms each way, plus scheduling
     assert max(before) < 0.02 and max(after) < 0.02  # and nothing of it remains
-    assert "delay_relay" not in sh("ps", "-eo", "args")
+    assert _fault_relays() == []
 
 
 def test_relay_of_a_killed_owner_is_found_and_cleared(echo_server: int) -> None:
@@ -580,9 +590,9 @@ def test_relay_of_a_killed_owner_is_found_and_cleared(echo_server: int) -> None:
     child.send_signal(signal.SIGKILL)
     child.wait()
     deadline = time.monotonic() + 5  # the relay notices its owner is gone within a second
-    while "delay_relay" in sh("ps", "-eo", "args") and time.monotonic() < deadline:
+    while _fault_relays() and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert "delay_relay" not in sh("ps", "-eo", "args")
+    assert _fault_relays() == []
     stale = find_stale([NS_A])
     assert [(s.kind, s.family) for s in stale] == [("delay", "ip")]
     assert [s.kind for s in clear_stale([NS_A])] == ["delay"]

@@ -76,8 +76,8 @@ def test_suite_records_latency_accuracy_and_benchmark_json(lab: VirtualLab, tmp_
     bench_json = tmp_path / "bench.json"
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "suites/test_inference.py", "--rig=virtual",
-         "--gateway=gw3", "-k", "int8", "--inference-windows=2", "--inference-min-secs=0.1",
-         "--inference-min-count=20", f"--runs-dir={tmp_path / 'runs'}",
+         "--gateway=gw3", "-k", "int8 and not tier", "--inference-windows=2",
+         "--inference-min-secs=0.1", "--inference-min-count=20", f"--runs-dir={tmp_path / 'runs'}",
          f"--benchmark-json={bench_json}", "-p", "no:cacheprovider", "-q"],
         cwd=REPO, capture_output=True, text=True, check=False, timeout=600,
     )  # fmt: skip

@@ -316,7 +316,8 @@ def test_backhaul_suite_on_a_scratch_lab(scratch: Path, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "suites/test_backhaul.py", "suites/test_inference.py",
-         "-k", "not test_latency and not test_accuracy", f"--rig={scratch}",
+         "-k", "not test_latency and not test_accuracy and not substation_cam",
+         f"--rig={scratch}",
          f"--runs-dir={runs}", "-p", "no:cacheprovider", "-q", "--inference-windows=2",
          "--inference-min-secs=0.2", "--inference-min-count=20"],
         cwd=REPO, capture_output=True, text=True, timeout=240, check=False,
@@ -325,7 +326,7 @@ def test_backhaul_suite_on_a_scratch_lab(scratch: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     (run_dir,) = runs.iterdir()
     outcomes = read_jsonl(run_dir / "outcomes.jsonl")
-    assert len(outcomes) == 20 and {o["outcome"] for o in outcomes} == {"passed"}
+    assert len(outcomes) == 16 and {o["outcome"] for o in outcomes} == {"passed"}
     got = {(r["gateway"], r["metric"]): r for r in read_jsonl(run_dir / "measurements.jsonl")}
     for gw in ("g0", "g1"):
         assert 0 < got[gw, "backhaul.rtt.p50"]["value"] <= got[gw, "backhaul.rtt.p99"]["value"]

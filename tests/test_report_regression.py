@@ -1,8 +1,9 @@
-"""A regression found end to end on the virtual lab: the inference suite runs twice on two
-gateways, the second time with a deliberately slowed candidate model set (the float32 meter
+"""A regression found end to end on the virtual lab: the inference suite runs twice on a
+gateway, the second time with a deliberately slowed candidate model set (the float32 meter
 model's file replaced by a far heavier network, the substation camera model: what shipping
 the wrong build under a model's name does), and `fieldrig report --baseline` flags exactly
-that model on both gateways with its statistics, and not the unchanged camera int8 model.
+that model with its statistics, and not the unchanged camera int8 model (one gateway: the
+report's comparison is per gateway, and CI time is bounded).
 
 (An int8 build in place of a float32 one was tried first: LiteRT runs it 1.1x to 1.8x slower
 here depending on the moment, too close to the noise between two runs of a virtual lab.)"""
@@ -51,7 +52,7 @@ def _suite(runs: Path, manifest: Path | None = None) -> Path:
         env[MANIFEST_ENV] = str(manifest)
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "suites/test_inference.py", "--rig=virtual",
-         "--gateway=gw2", "--gateway=gw3", "-k", SELECT, "--inference-windows=3",
+         "--gateway=gw2", "-k", SELECT, "--inference-windows=3",
          "--inference-min-secs=0.3", "--inference-min-count=50", f"--runs-dir={runs}",
          "-p", "no:cacheprovider", "-q"],
         cwd=REPO, capture_output=True, text=True, check=False, timeout=600, env=env,
@@ -75,10 +76,10 @@ def test_slowed_model_is_flagged_and_the_rest_is_not(lab: VirtualLab, tmp_path: 
     assert result.returncode == 1, result.stdout + result.stderr  # a regression was found
     table = pd.read_csv(out / "data" / "comparison.csv")
     latency = table[table["metric"] == "latency.per_inference"]
-    assert set(latency["gateway"]) == {"gw2", "gw3"}
+    assert set(latency["gateway"]) == {"gw2"}
     slowed_rows = latency[latency["context"].str.contains("model=meter_anomaly, variant=float32")]
     other_rows = latency[latency["context"].str.contains("model=substation_cam, variant=int8")]
-    assert len(slowed_rows) == 2 and len(other_rows) == 2, latency[["gateway", "context"]]
+    assert len(slowed_rows) == 1 and len(other_rows) == 1, latency[["gateway", "context"]]
     assert (slowed_rows["verdict"] == "regression").all(), slowed_rows[["gateway", "reason"]]
     assert (slowed_rows["p"] < 0.002).all() and (slowed_rows["ci_low"] > 1 + MIN_EFFECT).all()
     assert (other_rows["verdict"] != "regression").all(), other_rows[["gateway", "reason"]]

@@ -112,45 +112,35 @@ def _until(predicate: Callable[[], bool], timeout_s: float = 30.0) -> None:
         time.sleep(0.2)
 
 
-def test_second_user_waits_and_gets_the_place_after_the_first_releases(lab: Lab) -> None:
-    lab.create("pa")
-    alice, bob = lab.user("alice"), lab.user("bob")
-    assert alice.acquire(["pa"], timeout_s=20) == {}
-    assert alice.held("pa") and not bob.held("pa")
-    assert lab.holder("pa") == alice.identity
-
-    waiting, result = _in_thread(lambda: bob.acquire(["pa"], timeout_s=60))
-    _until(lambda: bob.identity in lab.reservation_owners())
-    time.sleep(2)
-    assert waiting.is_alive() and lab.holder("pa") == alice.identity  # bob waits
-
-    alice.release("pa")
-    waiting.join(timeout=30)
-    assert result == [{}]
-    assert bob.held("pa") and not alice.held("pa")
-    bob.release("pa")
-    assert lab.holder("pa") is None
-    assert lab.reservation_owners() == []  # nothing left behind
-
-
-def test_higher_priority_is_served_first(lab: Lab) -> None:
+def test_waiting_users_get_the_place_after_release_higher_priority_first(lab: Lab) -> None:
+    """One coordinator, three users: alice holds the place; low (priority 0) and then high
+    (priority 10) wait; alice's release goes to high although low waited longer, high's to
+    low; nothing is left behind."""
     lab.create("pa")
     alice, low, high = lab.user("alice"), lab.user("low"), lab.user("high")
     assert alice.acquire(["pa"], timeout_s=20) == {}
+    assert alice.held("pa") and not low.held("pa")
+    assert lab.holder("pa") == alice.identity
+
     low_wait, low_result = _in_thread(lambda: low.acquire(["pa"], timeout_s=90, priority=0))
     _until(lambda: low.identity in lab.reservation_owners())
     high_wait, high_result = _in_thread(lambda: high.acquire(["pa"], timeout_s=90, priority=10))
     _until(lambda: high.identity in lab.reservation_owners())
+    time.sleep(2)
+    assert low_wait.is_alive() and high_wait.is_alive()  # both wait while alice holds it
+    assert lab.holder("pa") == alice.identity
 
     alice.release("pa")
     high_wait.join(timeout=30)
-    assert high_result == [{}] and high.held("pa")
+    assert high_result == [{}] and high.held("pa") and not alice.held("pa")
     assert low_wait.is_alive()  # older, but lower priority: still waiting
 
     high.release("pa")
     low_wait.join(timeout=30)
     assert low_result == [{}] and low.held("pa")
     low.release("pa")
+    assert lab.holder("pa") is None
+    assert lab.reservation_owners() == []  # nothing left behind
 
 
 def test_timeout_is_one_line_and_leaves_no_reservation(lab: Lab) -> None:

@@ -19,7 +19,12 @@ from bench.rig import load_rig
 from tests.test_kill import REPO, scratch_rig
 from tests.test_lab import leftovers
 
-SUBSET = ["suites/test_smoke.py", "suites/test_backhaul.py", "-k", "reachable or rtt or loss"]
+SUBSET = [
+    "suites/test_smoke.py",
+    "suites/test_backhaul.py",
+    "-k",
+    "reachable or test_rtt or test_loss",
+]
 
 
 @pytest.fixture
