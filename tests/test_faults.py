@@ -553,7 +553,7 @@ def _fault_relays() -> list[str]:
     """Delay relays of faults; not the virtual lab's own tier relays (parent pid 1)."""
     return [
         line
-        for line in sh("ps", "-eo", "args").splitlines()
+        for line in sh("ps", "-ww", "-eo", "args").splitlines()  # -ww: never cut lines
         if "bench.faults.delay_relay" in line and not re.search(r"--parent-pid 1\b", line)
     ]
 
