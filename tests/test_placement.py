@@ -153,12 +153,13 @@ def test_a_measured_tier_replaces_the_local_rtt_and_its_distance(tmp_path: Path)
     # meters -> gateway (2 km) by physics, gateway -> edge measured over the lab's 20 km,
     # and the 8 km the lab did not cover by physics again
     assert terms["propagation 2 km"].p50_ms == pytest.approx(propagation_ms(2))
-    assert terms["propagation +8 km beyond the measured 20 km"].p50_ms == pytest.approx(
+    assert terms["propagation +8 km to correct the measured 20 km"].p50_ms == pytest.approx(
         propagation_ms(8)
     )
     assert terms["rtt to the edge tier (20 km)"].p99_ms == pytest.approx(1.5)
     assert "backhaul rtt" not in terms
     assert terms["inference"].p50_ms == pytest.approx(0.1)  # the tier's own run
+    assert terms["inference"].sources[0].gateway is None  # a tier, not a gateway
     assert tier.p50_ms == pytest.approx(0.1 + 0.02 + 0.08 + 1.0 + 0.7)  # + 1000 B at 8 Mbit/s
     assert advice.tier("cloud").status == "unmeasured"  # its measured_by run is absent
 

@@ -95,7 +95,7 @@ class Measurements:
             frame = data.measurements
             rows = frame[frame["metric"] == metric]
             for _, row in rows.iloc[::-1].iterrows():
-                gw = None if row["gateway"] is None else str(row["gateway"])
+                gw = row["gateway"] if isinstance(row["gateway"], str) else None  # None/NaN
                 if gateway is not None and gw != gateway:
                     continue
                 if board is not None and (

@@ -224,8 +224,8 @@ def _transport(ctx: _Context, tier: str, result: TierResult) -> None:
         if beyond:
             prop = propagation_ms(beyond)
             result.terms.append(
-                Term(f"propagation {beyond:+g} km beyond the measured {lab_km:g} km", prop, prop,
-                     basis="physics")
+                Term(f"propagation {beyond:+g} km to correct the measured {lab_km:g} km", prop,
+                     prop, basis="physics")
             )  # fmt: skip
     elif distance:
         prop = propagation_ms(distance)
