@@ -635,22 +635,14 @@ def _apply(finding: Finding) -> None:
 def _safe_supply(name: str, instrument: Any) -> str:
     from bench.instruments.registry import open_supply
 
-    psu = open_supply(name, instrument)
-    try:
-        psu.safe_state()
-    finally:
-        psu.detach()
+    open_supply(name, instrument).close()  # close() is safe state, then the session ends
     return "every channel back to its safe state"
 
 
 def _safe_attenuator(name: str, spec: Any) -> str:
     from bench.instruments.registry import open_attenuator
 
-    attenuator = open_attenuator(name, spec)
-    try:
-        attenuator.safe_state()
-    finally:
-        attenuator.detach()
+    open_attenuator(name, spec).close()  # close() is safe state, then the session ends
     return "every channel back to its safe_db"
 
 
