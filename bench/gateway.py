@@ -13,7 +13,7 @@ from typing import Protocol
 import paramiko
 
 from bench.errors import HostKeyMismatch, TransportError
-from bench.rig import Gateway
+from bench.rig import Gateway, SshEndpoint
 from bench.transport.agent import AgentClient, Command, CommandResult, RemoteProcess
 from bench.transport.ssh import SshParams, open_transport
 
@@ -45,10 +45,15 @@ class CommandRunner(Commands, Protocol):
 
 def ssh_params(spec: Gateway) -> SshParams:
     """Flatten a rig gateway's ssh section into connection parameters."""
-    ssh = spec.ssh
+    return endpoint_params(spec.name, spec.ssh)
+
+
+def endpoint_params(label: str, ssh: SshEndpoint) -> SshParams:
+    """Connection parameters for any ssh block of the rig; ``label`` names the host in
+    errors (a gateway's name, ``router <host>``)."""
     auth, host_key = ssh.auth, ssh.host_key
     return SshParams(
-        gateway=spec.name,
+        gateway=label,
         host=ssh.host,
         port=ssh.port,
         user=ssh.user,

@@ -12,11 +12,13 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import random
 import re
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -350,12 +352,23 @@ def test_flapping_toggles_with_the_planned_exponential_times() -> None:
     assert all(a != b for a, b in pairwise(states))  # alternating
     planned = [duration for _, duration in flap.plan(len(moves) - 1)]
     assert [m.planned_s for m in moves[:-1]] == pytest.approx(planned)
-    # each transition happens when the plan says (late by its nft command only, no drift)
-    lateness = [m.t - moves[0].t - sum(planned[:i]) for i, m in enumerate(moves[:-1])]
-    on_time = sorted(abs(late) for late in lateness)
-    assert on_time[len(on_time) // 2] < 0.05, lateness  # median; a loaded host may lag once
-    assert sum(late < 0.1 for late in on_time) >= 0.8 * len(on_time), lateness
     assert min(planned) < 0.5 * mean and max(planned) > 1.5 * mean  # exponential, not fixed
+    # the recorded timeline follows the plan: each transition at (never before) its
+    # planned time, and as many transitions as the plan fits into the fault's 2 s (no
+    # drift: a schedule that slipped would fit fewer)
+    ahead = [duration for _, duration in flap.plan(len(moves) + 5)]
+    starts = [sum(ahead[:i]) for i in range(len(ahead))]  # planned, from the first "down"
+    changes = [e for e in timeline.events if e.action in ("down", "up")]
+    assert [e.action for e in changes] == states
+    assert [e.details["n"] for e in changes] == list(range(1, len(moves) + 1))
+    first = changes[0].t_s
+    planned_moves = zip(moves[:-1], changes[:-1], starts, strict=False)  # not the final "up"
+    assert all(
+        m.t - moves[0].t >= start - 1e-3 and e.t_s - first >= start - 1e-3
+        for m, e, start in planned_moves
+    )
+    fits = sum(start < 2.0 for start in starts)
+    assert fits - 1 <= len(moves) - 1 <= fits + 1, (len(moves), starts)
     logged = [e.action for e in timeline.events]
     assert logged[:2] == ["down", "apply"] and logged[-2:] == ["up", "remove"]
     assert logged.count("down") + logged.count("up") == len(moves)
@@ -371,13 +384,19 @@ def tables_in(namespace: str) -> list[str]:
 
 def test_timeline_applies_and_removes_in_order_and_feeds_the_sink() -> None:
     sunk: list[dict[str, object]] = []
-    with FaultTimeline(sunk.append, run_id="test-timeline") as timeline:
+    on_at_partition: list[tuple[int, int]] = []
+
+    def sink(event: dict[str, object]) -> None:
+        sunk.append(event)
+        if (event["action"], event["kind"]) == ("apply", "partition"):  # loss still on?
+            on_at_partition.append((len(tables_in(NS_A)), len(tables_in(NS_B))))
+
+    with FaultTimeline(sink, run_id="test-timeline") as timeline:
         timeline.schedule(Partition(A), at_s=0.3, for_s=0.8)
         timeline.schedule(Loss(B, 30), at_s=0.1, for_s=0.8)
         timeline.schedule(Loss(A, 1), at_s=60.0)  # open-ended: wait() does not wait for it
-        time.sleep(0.6)
-        assert len(tables_in(NS_A)) == 1 and len(tables_in(NS_B)) == 1  # both on at 0.6 s
-        assert timeline.wait(5)
+        assert timeline.wait(10)
+    assert on_at_partition == [(1, 1)]  # both on at once, each in its own namespace
     events = timeline.events
     order = [(e.action, e.kind) for e in events]
     assert order == [
@@ -389,7 +408,8 @@ def test_timeline_applies_and_removes_in_order_and_feeds_the_sink() -> None:
     ]
     events = events[:4]
     for event, expected in zip(events, (0.1, 0.3, 0.9, 1.1), strict=True):
-        assert expected <= event.t_s < expected + 0.25, events  # never early
+        assert event.t_s >= expected, events  # never early
+    assert [e.details["at_s"] for e in events[:2]] == [0.1, 0.3]
     assert sunk == [e.to_dict() for e in timeline.events]
     first = sunk[0]
     assert first["target"] == f"{NS_B}:{IF_B}" and first["params"] == {"percent": 30.0}
@@ -399,13 +419,16 @@ def test_timeline_applies_and_removes_in_order_and_feeds_the_sink() -> None:
 
 @pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
 def test_timeline_removes_everything_on_an_exception(error: type[BaseException]) -> None:
-    with pytest.raises(error), FaultTimeline() as timeline:
+    applied = threading.Event()
+
+    def sink(event: dict[str, object]) -> None:
+        if event["action"] == "apply":
+            applied.set()
+
+    with pytest.raises(error), FaultTimeline(sink) as timeline:
         timeline.schedule(Partition(A), at_s=0.0)
         timeline.schedule(Loss(B, 100), at_s=60.0, for_s=1.0)  # never comes
-        deadline = time.monotonic() + 5
-        while not any(e.action == "apply" for e in timeline.events):
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        assert applied.wait(10), timeline.events
         assert len(tables_in(NS_A)) == 1
         raise error("stop")
     assert fieldrig_pieces() == []
@@ -424,16 +447,15 @@ def test_power_cut_on_the_timeline_switches_the_supply_output() -> None:
         )
         with open_psu("psu1", instrument) as psu:
             psu.output(1, True)
-            states = []
-            with FaultTimeline() as timeline:
+            states = [server.channel(1).output]  # before the cut
+
+            def sink(event: dict[str, object]) -> None:  # the output as each event lands
+                states.append(server.channel(1).output)
+
+            with FaultTimeline(sink) as timeline:
                 timeline.schedule(PowerCut(psu, 1), at_s=0.1, for_s=0.8)
-                states.append(server.channel(1).output)  # before the cut
-                for _ in range(2):
-                    time.sleep(0.3)  # at 0.3 s and 0.6 s: cut
-                    states.append(server.channel(1).output)
-                assert timeline.wait(5)
-                states.append(server.channel(1).output)  # after
-            assert states == [True, False, False, True]
+                assert timeline.wait(10)
+            assert states == [True, False, True]
             assert server.channel(1).output is True
             actions = [(e.action, e.kind, e.target) for e in timeline.events]
             assert actions == [
@@ -538,6 +560,50 @@ def _echo_rtts(port: int, count: int = 10) -> list[float]:
     return [float(x) for x in json.loads(out)]
 
 
+# one 32-byte exchange on each of argv[3] fresh connections: each gets its own relay draws
+ECHO_CONNECTIONS = """
+import socket, sys, time, json
+rtts = []
+for i in range(int(sys.argv[3])):
+    sock = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+    start = time.perf_counter(); sock.sendall(b"x" * 32); got = b""
+    while len(got) < 32:
+        got += sock.recv(64)
+    rtts.append(time.perf_counter() - start)
+    sock.close()
+print(json.dumps(rtts))
+"""
+
+
+def _connection_rtts(port: int, count: int) -> list[float]:
+    out = sh("ip", "netns", "exec", NS_A, sys.executable, "-c", ECHO_CONNECTIONS, IP_B,
+             str(port), str(count))  # fmt: skip
+    return [float(x) for x in json.loads(out)]
+
+
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+def _quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _ranks(values: list[float]) -> list[int]:
+    order = sorted(range(len(values)), key=values.__getitem__)
+    ranks = [0] * len(values)
+    for rank, index in enumerate(order):
+        ranks[index] = rank
+    return ranks
+
+
+def _spearman(xs: list[float], ys: list[float]) -> float:
+    rx, ry = _ranks(xs), _ranks(ys)
+    n = len(xs)
+    return 1 - 6 * sum((a - b) ** 2 for a, b in zip(rx, ry, strict=True)) / (n * (n * n - 1))
+
+
 @pytest.fixture
 def echo_server() -> Iterator[int]:
     port = next(_ports)
@@ -567,10 +633,35 @@ def test_relay_delays_tcp_both_ways_and_goes_away(echo_server: int) -> None:
         delayed = _echo_rtts(echo_server)
         assert any("fieldrig_delay" in p for p in fieldrig_pieces())
     after = _echo_rtts(echo_server)
-    median = sorted(delayed)[len(delayed) // 2]
-    assert 0.080 <= median <= 0.080 + 0.060, delayed  # 40 ms each way, plus scheduling
-    assert max(before) < 0.02 and max(after) < 0.02  # and nothing of it remains
+    assert min(delayed) >= 0.080, delayed  # held 40 ms each way: never less than 80 ms
+    # nothing of it before or after: most round trips there beat even one relayed leg
+    assert _median(before) < 0.040 and _median(after) < 0.040, (before, after)
     assert _fault_relays() == []
+
+
+def test_relay_jitter_spreads_each_connections_delays_as_configured(echo_server: int) -> None:
+    """Each relayed chunk waits delay +- jitter (uniform, seeded): one request/response per
+    connection then takes 2 * delay + jitter * (u1 + u2), u ~ U(-1, 1), a spread of
+    4 * jitter around 2 * delay. Checked as intervals and orders, not absolute latencies."""
+    if probe().netem:
+        pytest.skip("this kernel has netem: delay() uses it, not the relay")
+    delay_ms, jitter_ms, n, seed = 20.0, 15.0, 30, 7
+    with RelayDelay(A, delay_ms, jitter_ms, protect=Protection.default(), seed=seed) as fault:
+        assert fault.describe()["params"] == {"delay_ms": delay_ms, "jitter_ms": jitter_ms}
+        jittered = _connection_rtts(echo_server, n)
+    floor = 2 * (delay_ms - jitter_ms) / 1e3
+    assert min(jittered) >= floor, jittered  # never less than the smallest configured delay
+    # the spread is the configured one: the middle 80 % of a sum of two U(-j, j) spans
+    # 2.21 j (33 ms here)
+    spread = _quantile(jittered, 0.9) - _quantile(jittered, 0.1)
+    assert 0.5 * 2.21 * jitter_ms / 1e3 <= spread <= 1.6 * 2.21 * jitter_ms / 1e3, jittered
+    # and it is the relay's own seeded draws, not scheduling noise: connection k (from 1)
+    # draws from Random(seed + k), first the request's delay, then the response's
+    planned = []
+    for k in range(1, n + 1):
+        rng = random.Random(seed + k)
+        planned.append(rng.uniform(-1, 1) + rng.uniform(-1, 1))
+    assert _spearman(planned, jittered) > 0.8, list(zip(planned, jittered, strict=True))
 
 
 def test_relay_of_a_killed_owner_is_found_and_cleared(echo_server: int) -> None:
@@ -596,4 +687,4 @@ def test_relay_of_a_killed_owner_is_found_and_cleared(echo_server: int) -> None:
     stale = find_stale([NS_A])
     assert [(s.kind, s.family) for s in stale] == [("delay", "ip")]
     assert [s.kind for s in clear_stale([NS_A])] == ["delay"]
-    assert max(_echo_rtts(echo_server)) < 0.02  # the redirect is gone with the table
+    assert _median(_echo_rtts(echo_server)) < 0.030  # the redirect (>= 60 ms) went with it

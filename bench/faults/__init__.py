@@ -6,8 +6,10 @@ netem) on a :class:`LinkTarget`, and :class:`PowerCut` on a
 supply channel. Each is a context manager (``with Loss(target, 30): ...``); the lowercase
 helpers say the same thing (``with loss(target, 30): ...``). :class:`FaultTimeline`
 schedules them and records every change. :func:`backend_report` says which mechanism
-this host uses for each kind; :func:`find_stale` / :func:`clear_stale` deal with what a
-killed run left behind. :class:`Protection` names the management path no fault may touch.
+this host (or a router) uses for each kind; :func:`find_stale` / :func:`clear_stale` deal
+with what a killed run left behind. A :class:`LinkTarget` with a :class:`Router` puts the
+same faults on a router the bench reaches over SSH. :class:`Protection` names the
+management path no fault may touch.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 from bench.faults.base import (
     Fault,
     FaultError,
+    FaultLeaked,
     FaultUnsupported,
     LinkFault,
     ManagementLinkRefused,
@@ -25,8 +28,9 @@ from bench.faults.guard import Protection
 from bench.faults.kinds import Delay, Loss, Partition, RateLimit
 from bench.faults.owner import Owner, set_run_id
 from bench.faults.power import PowerCut
-from bench.faults.probe import HostSupport, backend_report, probe
+from bench.faults.probe import HostSupport, backend_report, probe, support_for
 from bench.faults.relay import RelayDelay
+from bench.faults.router import Router, routers_of
 from bench.faults.stale import StaleFault, clear_stale, find_stale
 from bench.faults.target import LinkTarget
 from bench.faults.timeline import FaultEvent, FaultTimeline, Sink
@@ -37,6 +41,7 @@ __all__ = [
     "Fault",
     "FaultError",
     "FaultEvent",
+    "FaultLeaked",
     "FaultTimeline",
     "FaultUnsupported",
     "Flapping",
@@ -52,6 +57,7 @@ __all__ = [
     "Protection",
     "RateLimit",
     "RelayDelay",
+    "Router",
     "Sink",
     "StaleFault",
     "Transition",
@@ -65,6 +71,7 @@ __all__ = [
     "power_cut",
     "probe",
     "rate_limit",
+    "routers_of",
     "set_run_id",
 ]
 
@@ -110,8 +117,9 @@ def delay(
     protect: Protection | None = None,
 ) -> Delay | RelayDelay:
     """``with delay(target, 80, 10): ...``: netem on egress frames where the kernel has
-    it, else the userspace relay for the TCP connections the target opens."""
-    if probe().netem:
+    it (the router's, for a router target), else the userspace relay for the TCP
+    connections the target opens (bench host only)."""
+    if support_for(target.router).netem:
         return Delay(target, delay_ms, jitter_ms, protect=protect)
     return RelayDelay(target, delay_ms, jitter_ms, protect=protect)
 

@@ -13,8 +13,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AppliedWhileInside",
+    "Composite",
     "Fault",
     "FaultError",
+    "FaultLeaked",
     "FaultUnsupported",
     "LinkFault",
     "ManagementLinkRefused",
@@ -29,6 +31,10 @@ class FaultError(InfrastructureError):
 
 class FaultUnsupported(FaultError):
     """This host lacks what a fault kind needs (netem, nftables netdev egress, tbf)."""
+
+
+class FaultLeaked(FaultError):
+    """A fault outlived the test that applied it (a bench bug); it has been removed."""
 
 
 class ManagementLinkRefused(BenchError):
@@ -61,6 +67,13 @@ class LinkFault(Fault, Protocol):
 
 Observer = Callable[[str, dict[str, Any]], None]
 """Called as ``observer(action, details)`` for every transition a fault makes by itself."""
+
+
+@runtime_checkable
+class Composite(Protocol):
+    """A fault made of other faults it applies and removes itself (flapping's partition)."""
+
+    def parts(self) -> list[Fault]: ...
 
 
 @runtime_checkable

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import random
 import threading
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from bench.errors import BenchError
@@ -42,12 +43,17 @@ class RandomFaults:
         self._rng = random.Random(seed)
         self._stop = threading.Event()
         self._gateway_of: dict[str, str] = {}
+        self._made: weakref.WeakSet[Fault] = weakref.WeakSet()
         self.timeline = FaultTimeline(sink=self._record)
         self._thread = threading.Thread(target=self._loop, name="random-faults", daemon=True)
 
     def start(self) -> RandomFaults:
         self._thread.start()
         return self
+
+    def owns(self, fault: Fault) -> bool:
+        """Whether ``fault`` is one of these random faults (not a test's own)."""
+        return fault in self._made
 
     def stop(self) -> None:
         """Stop scheduling and remove every fault still on (errors become events)."""
@@ -83,6 +89,7 @@ class RandomFaults:
                 fault = Flapping(target, 1.0, 0.5, seed, protect=protect)
                 duration = self._rng.uniform(2.0, 4.0)
             self._gateway_of[str(fault.describe()["target"])] = name
+            self._made.add(fault)
             self.timeline.schedule(fault, at_s=self.timeline.elapsed(), for_s=duration)
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.faults import cleanup
-from bench.faults.base import AppliedWhileInside, FaultError, Observer
+from bench.faults.base import AppliedWhileInside, Fault, FaultError, Observer
 from bench.faults.guard import Protection
 from bench.faults.kinds import Partition
 from bench.faults.target import LinkTarget
@@ -93,6 +93,10 @@ class Flapping(AppliedWhileInside):
 
     def set_observer(self, observer: Observer | None) -> None:
         self._observer = observer
+
+    def parts(self) -> list[Fault]:
+        """The partition this flapping toggles (removed with it)."""
+        return [self._partition]
 
     def plan(self, count: int) -> list[tuple[str, float]]:
         """The first ``count`` (state, seconds) periods this seed gives."""

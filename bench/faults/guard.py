@@ -8,7 +8,11 @@ refused (:class:`ManagementLinkRefused`, nothing changed) when
 2. for any management host in :attr:`Protection.hosts` (the gateways' SSH hosts, and the
    client of the SSH session the bench itself runs in, from ``$SSH_CONNECTION``), seen
    from the target's namespace, the host's address is on the target interface, or the
-   route to it (``ip route get``) leaves through the target interface.
+   route to it (``ip route get``) leaves through the target interface; or
+3. the target is on a router (:class:`~bench.faults.router.Router`) and the interface
+   carries the bench's own SSH session to that router: it holds the address the session
+   arrives at, or the route back to the bench leaves through it (the router's view, from
+   its ``$SSH_CONNECTION``). Rule 2 runs there too, with the router's routes.
 
 In the virtual lab this refuses ``mgmt0`` in a gateway namespace (it holds the SSH
 address) and the management bridge on the host (the route to every gateway), and allows
@@ -23,7 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from bench.faults.base import ManagementLinkRefused
-from bench.faults.target import LinkTarget, run_in
+from bench.faults.target import LinkTarget
 from bench.rig import Rig
 
 __all__ = ["Protection"]
@@ -59,6 +63,13 @@ class Protection:
                 f"{target.label}: refusing to fault a protected management interface; fault "
                 "the backhaul interface instead (the rig's backhaul section names it)"
             )
+        if target.router is not None and target.namespace is None:
+            for interface, reason in target.router.session_paths():
+                if interface == target.interface:
+                    raise ManagementLinkRefused(
+                        f"{target.label}: refusing to fault the bench's management path: "
+                        f"{reason}; fault the backhaul interface instead"
+                    )
         if not self.hosts:
             return
         local = _addresses_on(target)
@@ -88,8 +99,7 @@ def _resolve(host: str, target: LinkTarget) -> list[str]:
 
 
 def _addresses_on(target: LinkTarget) -> set[str]:
-    out = run_in(
-        target.namespace,
+    out = target.run(
         ["ip", "-o", "addr", "show", "dev", target.interface],
         what=f"guard on {target.label}",
         check=False,
@@ -104,8 +114,7 @@ def _addresses_on(target: LinkTarget) -> set[str]:
 
 
 def _route_device(target: LinkTarget, address: str) -> str | None:
-    proc = run_in(
-        target.namespace,
+    proc = target.run(
         ["ip", "-o", "route", "get", address],
         what=f"guard on {target.label}",
         check=False,

@@ -10,7 +10,8 @@ partition on the same interface would silently stop applying to incoming traffic
 is a netem qdisc on egress, only where the kernel has netem. Each fault's nft table is
 made in one nft transaction together with its owner mark (see
 :mod:`bench.faults.owner`); a tc qdisc gets a fieldrig handle (``f1e1:`` tbf, ``f1e2:``
-netem) and a state file written before the qdisc is added.
+netem) and a state file (on the bench host, naming the router for a router target) written
+before the qdisc is added. On a router target every command runs there over SSH.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from bench.faults.base import AppliedWhileInside, FaultError
 from bench.faults.guard import Protection
 from bench.faults.owner import STATE_DIR, Owner, encode_comment, encode_run_comment
 from bench.faults.probe import require
-from bench.faults.target import LinkTarget, run_in
-from bench.lab import system
+from bench.faults.router import Router
+from bench.faults.target import LinkTarget, namespace_gone, run_at
 
 __all__ = [
     "NFT_PRIORITY",
@@ -61,7 +62,7 @@ class _KernelFault(AppliedWhileInside):
     def __init__(self, target: LinkTarget, protect: Protection | None) -> None:
         self._target = target
         self._protect = Protection.default() if protect is None else protect
-        self._backend = require(self.kind, target.label)
+        self._backend = require(self.kind, target.label, target.router)
         self._protect.check(target)
         self._lock = threading.RLock()
         self._active = False
@@ -124,7 +125,7 @@ class _KernelFault(AppliedWhileInside):
             failures: list[FaultError] = []
             if self._table is not None:
                 try:
-                    delete_table(self._target.namespace, self._table)
+                    delete_table(self._target.namespace, self._table, router=self._target.router)
                     self._table = None
                 except FaultError as exc:
                     failures.append(exc)
@@ -167,8 +168,7 @@ class _KernelFault(AppliedWhileInside):
             )
             lines.append(f"add rule netdev {name} {hook} {rule}")
         self._table = name  # before: a half-done transaction is still cleaned up
-        run_in(
-            self._target.namespace,
+        self._target.run(
             ["nft", "-f", "-"],
             input_text="\n".join(lines) + "\n",
             what=f"{self.kind} on {self._target}",
@@ -192,6 +192,7 @@ class _KernelFault(AppliedWhileInside):
             "owner": owner.to_json(self.kind),
             "namespace": self._target.namespace,
             "interface": self._target.interface,
+            "router": None if self._target.router is None else self._target.router.key(),
             "tc_handle": handle,
             "params": self.params(),
         }
@@ -201,8 +202,7 @@ class _KernelFault(AppliedWhileInside):
         self._state_file = str(path)
         # `add` (not replace) fails if another root qdisc appeared meanwhile; only after it
         # succeeded is the qdisc ours to delete
-        run_in(
-            self._target.namespace,
+        self._target.run(
             ["tc", "qdisc", "add", "dev", self._target.interface, "root", "handle", handle,
              *qdisc],
             what=f"{self.kind} on {self._target}",
@@ -335,26 +335,26 @@ class Delay(_KernelFault):
 # --- removal helpers, shared with bench.faults.stale -------------------------------------
 
 
-def _namespace_gone(namespace: str | None) -> bool:
-    return namespace is not None and namespace not in system.netns_list()
-
-
-def delete_table(namespace: str | None, table: str, family: str = "netdev") -> None:
-    """Delete nft table ``family table``; one that (or whose namespace) is gone is fine."""
-    proc = run_in(namespace, ["nft", "delete", "table", family, table], what="", check=False)
+def delete_table(
+    namespace: str | None, table: str, family: str = "netdev", *, router: Router | None = None
+) -> None:
+    """Delete nft table ``family table`` (on ``router`` if given); one that (or whose
+    namespace) is gone is fine."""
+    what = f"deleting nft table {table}"
+    argv = ["nft", "delete", "table", family, table]
+    proc = run_at(router, namespace, argv, what=what, check=False)
     if proc.returncode != 0 and "No such file" not in proc.stderr:
-        if _namespace_gone(namespace):
+        if namespace_gone(namespace, router):
             return
         detail = proc.stderr.strip().splitlines()[:1] or [f"exit status {proc.returncode}"]
-        raise FaultError(f"cannot delete nft table {table} in {namespace or 'host'}: {detail[0]}")
+        where = (namespace or "host") if router is None else f"{namespace or ''} {router}".strip()
+        raise FaultError(f"cannot delete nft table {table} in {where}: {detail[0]}")
 
 
 def root_qdisc(target: LinkTarget) -> tuple[str, str] | None:
     """(kind, handle) of the interface's configured root qdisc; None for the default."""
-    out = run_in(
-        target.namespace,
-        ["tc", "-j", "qdisc", "show", "dev", target.interface],
-        what=f"tc on {target}",
+    out = target.run(
+        ["tc", "-j", "qdisc", "show", "dev", target.interface], what=f"tc on {target}"
     ).stdout
     for entry in json.loads(out or "[]"):
         if entry.get("root") and entry.get("handle") not in (None, "0:"):
@@ -364,15 +364,14 @@ def root_qdisc(target: LinkTarget) -> tuple[str, str] | None:
 
 def delete_root_qdisc(target: LinkTarget, handle: str) -> None:
     """Delete the root qdisc if it is ``handle`` (fieldrig's); anything else is left alone."""
-    if _namespace_gone(target.namespace):
+    if target.namespace_gone():
         return
-    if target.interface not in system.link_names(target.namespace):
+    if target.interface not in target.link_names():
         return
     current = root_qdisc(target)
     if current is None or current[1] != handle:
         return
-    run_in(
-        target.namespace,
+    target.run(
         ["tc", "qdisc", "del", "dev", target.interface, "root", "handle", handle],
         what=f"removing qdisc {handle} on {target}",
     )

@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from bench.faults import cleanup
-from bench.faults.base import AppliedWhileInside, FaultError
+from bench.faults.base import AppliedWhileInside, FaultError, FaultUnsupported
 from bench.faults.delay_relay import READY
 from bench.faults.guard import Protection
 from bench.faults.kinds import TABLE_PREFIX, delete_table
@@ -52,6 +52,11 @@ class RelayDelay(AppliedWhileInside):
             raise FaultError(
                 f"delay on {target}: need 0 <= jitter_ms <= delay_ms <= 60000, "
                 f"got {delay_ms}/{jitter_ms}"
+            )
+        if target.router is not None:
+            raise FaultUnsupported(
+                f"delay on {target}: the userspace relay runs on the bench host only, and "
+                f"{target.router} has no netem; install kmod-sched / sch_netem there"
             )
         if not probe().nft:
             raise FaultError(f"delay on {target} needs nftables; apt-get install nftables")

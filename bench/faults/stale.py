@@ -6,6 +6,9 @@ Sources: every ``fieldrig_*`` nft table in the host and in every named network n
 state file claims. A fault is stale when its owner is dead, was made in another boot, or
 (qdisc without a state file) has no owner at all. A live owner's faults are never
 touched; a table whose comment is not a fieldrig mark is not ours to judge and is skipped.
+
+Routers (:class:`~bench.faults.router.Router`) are swept the same way over SSH, in their
+own namespace: only those passed in (the rig's), and only their state files are judged.
 """
 
 from __future__ import annotations
@@ -15,12 +18,14 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench.faults.kinds import TABLE_PREFIX, TC_HANDLES, delete_root_qdisc, delete_table
 from bench.faults.owner import STATE_DIR, Owner, decode_comment
-from bench.faults.target import LinkTarget, run_in
+from bench.faults.router import Router
+from bench.faults.target import LinkTarget, run_at
 from bench.lab import system
 
 __all__ = ["StaleFault", "clear_stale", "find_stale"]
@@ -42,9 +47,16 @@ class StaleFault:
     tc_handle: str | None = None
     state_file: Path | None = None
     family: str = "netdev"
+    router: Router | None = None
+
+    @property
+    def where(self) -> str:
+        """The namespace (or ``host``), prefixed with the router for a router's fault."""
+        local = self.namespace or "host"
+        return local if self.router is None else f"{self.router.label} {local}"
 
     def __str__(self) -> str:
-        return f"{self.resource} in {self.namespace or 'host'} ({self.kind}): {self.reason}"
+        return f"{self.resource} in {self.where} ({self.kind}): {self.reason}"
 
 
 #: nft families fieldrig makes tables in: netdev (loss, partition, ...), ip (the delay
@@ -56,18 +68,19 @@ def _namespaces() -> list[str | None]:
     return [None, *system.netns_list()]
 
 
-def _stale_tables(namespace: str | None, family: str) -> list[StaleFault]:
-    what = f"listing nft tables in {namespace or 'host'}"
-    proc = run_in(namespace, ["nft", "list", "tables", family], what=what, check=False)
+def _stale_tables(
+    namespace: str | None, family: str, router: Router | None = None
+) -> list[StaleFault]:
+    what = f"listing nft tables in {namespace or 'host'}{f' on {router}' if router else ''}"
+    proc = run_at(router, namespace, ["nft", "list", "tables", family], what=what, check=False)
     found = []
     for line in proc.stdout.splitlines():
         parts = line.split()
         if len(parts) != 3 or not parts[2].startswith(TABLE_PREFIX):
             continue
         table = parts[2]
-        listing = run_in(
-            namespace, ["nft", "-t", "list", "table", family, table], what=what, check=False
-        ).stdout
+        argv = ["nft", "-t", "list", "table", family, table]
+        listing = run_at(router, namespace, argv, what=what, check=False).stdout
         comments = _COMMENT.findall(listing)  # the table's first, then its chains'
         if not comments:
             continue
@@ -88,6 +101,7 @@ def _stale_tables(namespace: str | None, family: str) -> list[StaleFault]:
                     interface=device.group(1) if device else None,
                     table=table,
                     family=family,
+                    router=router,
                 )
             )
     return found
@@ -105,16 +119,27 @@ def _state_records() -> list[tuple[Path, dict[str, object]]]:
     return records
 
 
-def _stale_qdiscs(namespaces: list[str | None], every_state: bool) -> list[StaleFault]:
+def _router_of(data: dict[str, object], routers: list[Router]) -> tuple[bool, Router | None]:
+    """(known, router): a state file of the bench host, or of one of ``routers``."""
+    entry = data.get("router")
+    if entry is None:
+        return True, None
+    return next(((True, r) for r in routers if r.matches(entry)), (False, None))
+
+
+def _stale_qdiscs(
+    namespaces: list[str | None], every_state: bool, routers: list[Router]
+) -> list[StaleFault]:
     found = []
     claimed = set()
     for path, data in _state_records():
         ns = data.get("namespace")
         namespace = ns if isinstance(ns, str) else None
-        if not every_state and namespace not in namespaces:
-            continue
+        known, router = _router_of(data, routers)
+        if not known or (router is None and not every_state and namespace not in namespaces):
+            continue  # a router's not given here, or a namespace not asked about
         interface, handle = str(data.get("interface")), str(data.get("tc_handle"))
-        claimed.add((namespace, interface, handle))
+        claimed.add((router, namespace, interface, handle))
         owner_data = data.get("owner")
         owner = Owner.from_json(owner_data)
         kind = str(owner_data.get("kind", "unknown")) if isinstance(owner_data, dict) else "?"
@@ -130,12 +155,15 @@ def _stale_qdiscs(namespaces: list[str | None], every_state: bool) -> list[Stale
                     interface=interface,
                     tc_handle=handle,
                     state_file=path,
+                    router=router,
                 )
             )
-    for namespace in namespaces:
-        if namespace is not None and namespace not in system.netns_list():
+    places: list[tuple[Router | None, str | None]] = [(None, ns) for ns in namespaces]
+    for router, namespace in places + [(r, None) for r in routers]:
+        if router is None and namespace is not None and namespace not in system.netns_list():
             continue
-        proc = run_in(namespace, ["tc", "-j", "qdisc", "show"], what="listing qdiscs", check=False)
+        argv = ["tc", "-j", "qdisc", "show"]
+        proc = run_at(router, namespace, argv, what="listing qdiscs", check=False)
         try:
             entries = json.loads(proc.stdout or "[]")
         except ValueError:
@@ -143,7 +171,7 @@ def _stale_qdiscs(namespaces: list[str | None], every_state: bool) -> list[Stale
         for entry in entries:
             handle, dev = entry.get("handle"), entry.get("dev")
             ours = entry.get("root") and handle in TC_HANDLES and dev is not None
-            if ours and (namespace, dev, handle) not in claimed:
+            if ours and (router, namespace, dev, handle) not in claimed:
                 found.append(
                     StaleFault(
                         namespace,
@@ -153,17 +181,28 @@ def _stale_qdiscs(namespaces: list[str | None], every_state: bool) -> list[Stale
                         None,
                         interface=dev,
                         tc_handle=handle,
+                        router=router,
                     )
                 )
     return found
 
 
-def find_stale(namespaces: list[str | None] | None = None) -> list[StaleFault]:
+def _router_tables(router: Router) -> list[StaleFault]:
+    tools = run_at(router, None, ["sh", "-c", "command -v nft"], what="", check=False)
+    if tools.returncode != 0:
+        return []  # no nft there: no tables of ours either
+    return [s for family in TABLE_FAMILIES for s in _stale_tables(None, family, router)]
+
+
+def find_stale(
+    namespaces: list[str | None] | None = None, routers: Sequence[Router] = ()
+) -> list[StaleFault]:
     """Every fault piece whose owner is dead or from another boot (read-only).
 
-    ``namespaces``: where to look (None: the host, every named namespace and every state
-    file, also those of namespaces that no longer exist); when given, state files of
-    qdiscs in other namespaces are left alone.
+    ``namespaces``: where to look on the bench host (None: the host, every named namespace
+    and every state file, also those of namespaces that no longer exist); when given,
+    state files of qdiscs in other namespaces are left alone. ``routers``: routers to
+    sweep over SSH as well (a router's state files are judged only when it is given).
     """
     where = _namespaces() if namespaces is None else namespaces
     found: list[StaleFault] = []
@@ -172,20 +211,24 @@ def find_stale(namespaces: list[str | None] | None = None) -> list[StaleFault]:
             if namespace is None or namespace in system.netns_list():
                 for family in TABLE_FAMILIES:
                     found.extend(_stale_tables(namespace, family))
-    found.extend(_stale_qdiscs(where, every_state=namespaces is None))
+    for router in routers:
+        found.extend(_router_tables(router))
+    found.extend(_stale_qdiscs(where, every_state=namespaces is None, routers=list(routers)))
     return found
 
 
-def clear_stale(namespaces: list[str | None] | None = None) -> list[StaleFault]:
+def clear_stale(
+    namespaces: list[str | None] | None = None, routers: Sequence[Router] = ()
+) -> list[StaleFault]:
     """Remove what :func:`find_stale` finds (owner re-checked first); returns what went."""
     removed = []
-    for stale in find_stale(namespaces):
+    for stale in find_stale(namespaces, routers):
         if stale.owner is not None and stale.owner.dead_reason() is None:
             continue
         if stale.table is not None:
-            delete_table(stale.namespace, stale.table, stale.family)
+            delete_table(stale.namespace, stale.table, stale.family, router=stale.router)
         if stale.tc_handle is not None and stale.interface is not None:
-            target = LinkTarget(stale.namespace, stale.interface)
+            target = LinkTarget(stale.namespace, stale.interface, stale.router)
             delete_root_qdisc(target, stale.tc_handle)
         if stale.state_file is not None:
             with contextlib.suppress(FileNotFoundError):

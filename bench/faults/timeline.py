@@ -35,7 +35,8 @@ _JOIN_S = 30.0
 @dataclass(frozen=True)
 class FaultEvent:
     """One change of a fault: ``action`` is apply, remove, down, up, apply_failed,
-    remove_failed or skipped (closed before its time came)."""
+    remove_failed or skipped (closed before its time came). An apply's ``details`` hold
+    ``at_s`` (planned), ``started_s`` (when apply() began) and ``took_s``."""
 
     t_s: float  # seconds since the timeline's t0
     wall: str  # UTC, ISO 8601
@@ -163,7 +164,10 @@ class FaultTimeline:
             return
         with self._lock:
             self._active[id(fault)] = fault
-        self._emit("apply", fault, {"at_s": at_s, "took_s": time.monotonic() - started})
+        # started_s: when apply() began (a power cut takes effect before it returns)
+        details = {"at_s": at_s, "started_s": round(started - self.t0, 6),
+                   "took_s": time.monotonic() - started}  # fmt: skip
+        self._emit("apply", fault, details)
         if for_s is None:
             self._stop.wait()
         else:

@@ -4,7 +4,8 @@ A SIGKILLed pytest cannot clean up. What it can leave, and how each is told from
 live run is using:
 
 - link faults (nft tables, tc qdiscs, their state files) whose owner mark names a dead
-  process: found and removed by :mod:`bench.faults.stale`;
+  process: found and removed by :mod:`bench.faults.stale`, on the bench host and, over
+  SSH, on every router the rig's backhauls name (an unreachable router is noted);
 - helper processes a session started in the lab's namespaces (artifact server, heartbeat
   collector, echo service, delay relay) whose session is gone: their ``--parent-pid`` is
   dead, or (artifact server) their parent is no longer a live bench process;
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import BenchError
+from bench.faults.router import Router, routers_of
 from bench.faults.stale import StaleFault, clear_stale, find_stale
 from bench.lab import system
 from bench.lab.virtual import RADIOS, SUPPLY, LabPlan, VirtualLab, plan_for
@@ -303,18 +305,31 @@ class Doctor:
         present = set(system.netns_list())
         return sorted((s for s in spaces if s is None or s in present), key=lambda s: s or "")
 
+    def _fault_routers(self) -> list[Router]:
+        """The rig's routers that answer over SSH (the others are noted)."""
+        reachable = []
+        for router in routers_of(self.rig):
+            try:
+                router.run(["true"], what=f"reaching {router}")
+            except BenchError as exc:
+                self.notes.append(f"stale faults on {router} not checked: {exc}")
+                continue
+            reachable.append(router)
+        return reachable
+
     def _faults(self) -> list[Finding]:
         namespaces = self._fault_namespaces()
+        routers = self._fault_routers()
         cleared: list[StaleFault] | None = None
 
         def fix_for(stale: StaleFault) -> Callable[[], str]:
             def fix() -> str:
                 nonlocal cleared
                 if cleared is None:
-                    cleared = clear_stale(namespaces)
+                    cleared = clear_stale(namespaces, routers)
                 if stale in cleared:
                     return "removed"
-                if stale not in find_stale(namespaces):
+                if stale not in find_stale(namespaces, routers):
                     return "already gone"
                 raise BenchError(f"{stale.resource} is still there")
 
@@ -323,11 +338,11 @@ class Doctor:
         return [
             Finding(
                 "stale-fault",
-                f"{s.resource} in {s.namespace or 'host'}",
+                f"{s.resource} in {s.where}",
                 f"{s.kind} fault, {s.reason}",
                 fix=fix_for(s),
             )
-            for s in find_stale(namespaces)
+            for s in find_stale(namespaces, routers)
         ]
 
     # ------------------------------------------------------------------ processes
