@@ -22,15 +22,19 @@ from bench.errors import DeviceFailure
 from bench.results.units import check_metric, check_unit
 from bench.update.invariants import (
     INVARIANTS,
+    DeviceDownload,
     DeviceTruth,
     InvariantInputError,
     InvariantReport,
     InvariantViolation,
     check_rollout,
+    device_download,
+    fault_phase,
     state_sequence,
 )
 from bench.update.rollout import (
     MARK_DETECTED,
+    MARK_RECOVERED,
     MARK_ROLLED_BACK,
     TERMINAL,
     AbortCriterion,
@@ -48,6 +52,7 @@ from bench.update.rollout import (
     RolloutResult,
     ScaledClock,
 )
+from bench.update.server import RequestRecord
 
 S = ExecutionStatus
 OLD, NEW = "model-v1", "model-v2"
@@ -69,6 +74,7 @@ class FakeDevice:
         self.payload = SHA[OLD]
         self.pending: str | None = None
         self.rolled_back = False
+        self.resumes = 0  # it downloads nothing, so it never resumes
         self.calls = 0
         self.running = 0
         self.max_running = 0
@@ -125,6 +131,7 @@ class FakeDevice:
             payload_sha256=self.payload,
             pending=self.pending,
             rolled_back=self.rolled_back,
+            resumes=self.resumes,
         )
 
 
@@ -273,14 +280,17 @@ def test_timeout_ends_as_timed_out_and_the_late_answer_is_recorded() -> None:
     record = result.executions["gw0"]
     assert record.status is S.TIMED_OUT and record.attempts[0].still_running
     took = record.attempts[0].ended_s - record.attempts[0].started_s  # type: ignore[operator]
-    assert 30 <= took < 35
+    assert took >= 30  # not before its timeout; that it ended before the answer: below
     assert check(result, devices).verdict("terminal_in_time").ok
     devices[0].release.set()
     assert rollout.wait_stragglers(5)
     later = rollout.result()
     record = later.executions["gw0"]
     assert record.attempts[0].late and record.known_status is S.SUCCEEDED
-    assert [e.kind for e in later.events if e.device == "gw0"][-1] == "late"
+    gw0 = [e for e in later.events if e.device == "gw0"]
+    assert [e.kind for e in gw0][-1] == "late"
+    timed_out = next(e for e in gw0 if e.to_state == S.TIMED_OUT)
+    assert timed_out.seq < gw0[-1].seq and timed_out.t_s < gw0[-1].t_s
     check(later, devices).assert_all()  # the device runs the new one, and the view knows it
 
 
@@ -498,3 +508,147 @@ def test_incomplete_input_is_an_input_error() -> None:
         check_rollout(result, [d.truth() for d in devices[:4]], SHA)
     with pytest.raises(InvariantInputError, match="lacks model-v2"):
         check_rollout(result, [d.truth() for d in devices], {OLD: SHA[OLD]})
+
+
+# --- downloads, resumes, fault phases and fault-relative timings -----------------------------
+
+
+def get(
+    client: str, path: str, t: float, sent: int, expected: int, start: int = 0
+) -> RequestRecord:
+    """A line of the artifact server's log (wall times; the tests put t0 at 1000.0)."""
+    return RequestRecord(
+        time=1000.0 + t, client=client, method="GET", path=path,
+        range=f"bytes={start}-" if start else None, status=206 if start else 200,
+        start=start, end=start + expected - 1, expected=expected, sent=sent,
+        complete=sent == expected, duration_s=0.5,
+    )  # fmt: skip
+
+
+SERVER_LOG = [
+    get("10.0.0.10", "/a--x.mender", 0.0, 1000, 1000),
+    get("10.0.0.11", "/a--y.mender", 0.0, 400, 1000),  # broken off, then resumed at 300
+    get("10.0.0.11", "/a--y.mender?retry=1", 1.0, 700, 700, start=300),
+    get("10.0.0.110", "/a--y.mender", 0.0, 1000, 1000),  # another device: exact address
+    get("10.0.0.11", "/other.mender", 0.0, 50, 50),  # another file
+    dataclasses.replace(get("10.0.0.11", "/a--y.mender", 2.0, 0, 0), method="HEAD"),
+]
+ADDRESS = {"gw0": ("10.0.0.10", "/a--x.mender"), "gw1": ("10.0.0.11", "/a--y.mender"),
+           "gw2": ("10.0.0.12", "/a--x.mender")}  # fmt: skip
+
+
+def downloads(log: list[RequestRecord] = SERVER_LOG) -> list[DeviceDownload]:
+    return [
+        device_download(name, log, client=client, path=path, size=1000, wall_t0=1000.0)
+        for name, (client, path) in ADDRESS.items()
+    ]
+
+
+def test_bytes_over_size_is_per_device_from_the_server_log() -> None:
+    gw0, gw1, gw2 = downloads()
+    assert (gw0.bytes_sent, gw0.unique_bytes, gw0.range_requests, gw0.ratio) == (1000, 1000, 0, 1.0)
+    # 400 + 700 sent, bytes 300-399 twice: 1.1, the 0.1 exactly what was re-sent
+    assert (gw1.bytes_sent, gw1.unique_bytes, gw1.resent_bytes) == (1100, 1000, 100)
+    assert gw1.ratio == pytest.approx(1.1) and gw1.range_requests == 1
+    assert [t.start_s for t in gw1.transfers] == [0.0, 1.0] and gw1.transfers[1].offset == 300
+    assert gw2.transfers == () and gw2.ratio is None  # never asked: no figure, not 0
+    devices, result = mixed_fleet()
+    report = check(result, devices, downloads=[gw0, gw1, gw2], max_resumes=1)
+    assert report.ok, report.summary()
+    assert report.metrics.bytes_over_size == pytest.approx(2100 / 2000)  # gw2 does not dilute
+    rows = {(r["gateway"], r["metric"]): r["value"] for r in report.metrics.measurements()}
+    assert rows[("gw1", "rollout.bytes_over_size")] == pytest.approx(1.1)
+    assert rows[("gw1", "rollout.bytes_resent")] == 100
+    assert rows[(None, "rollout.bytes_over_size")] == pytest.approx(1.05)
+    assert ("gw2", "rollout.bytes_over_size") not in rows
+    doc = report.evidence["devices"]["gw1"]["download"]
+    assert doc["transfers"][1]["offset"] == 300
+
+
+def test_resumes_the_server_saw_are_bounded_and_a_blind_check_is_refused(
+    tmp_path: Path,
+) -> None:
+    devices, result = mixed_fleet()
+    resumed = [get("10.0.0.11", "/a--y.mender", i, 100, 100, start=100 * i) for i in range(1, 6)]
+    report = check(result, devices, downloads=downloads(resumed), max_resumes=3)
+    assert_caught(report, "retries_bounded", "resumed 5 times, more than 3 (Range", tmp_path)
+    blind = [dataclasses.replace(d.truth(), resumes=None) for d in devices]
+    with pytest.raises(InvariantInputError, match="no resume count for gw3, gw4"):
+        check_rollout(result, blind, SHA, downloads=downloads(), max_resumes=3)
+
+
+class StepDevice:
+    """Announces its steps as the real UpdateDevice does, a pause after each."""
+
+    def __init__(self, name: str, pause_s: float = 0.05) -> None:
+        self.name = name
+        self.pause_s = pause_s
+
+    def run_update(self, ctx: AttemptContext) -> Outcome:
+        for step in ("attempt", "install", "installed", "committed"):
+            ctx.mark(step)
+            time.sleep(self.pause_s)
+        return Outcome(S.SUCCEEDED, "committed", installed=NEW)
+
+
+def test_fault_phase_is_read_from_the_steps_and_the_server_log() -> None:
+    result = Rollout([StepDevice("gw0")], JOB, RolloutConfig(in_progress_timeout_s=5)).run()
+    at = {e.data["mark"]: e.t_s for e in result.events if e.kind == "mark"}
+    mid = (at["install"] + at["installed"]) / 2  # the download ends here
+    transfer = get("10.0.0.10", "/a--x.mender", 0.0, 1000, 1000)
+    log = [dataclasses.replace(transfer, time=1000.0 + at["install"] + 0.001,
+                               duration_s=mid - at["install"] - 0.001)]  # fmt: skip
+    (down, *_) = downloads(log)
+
+    def phase(start: float, applied: float | None = None) -> str:
+        return fault_phase(result, down, start, start if applied is None else applied).phase
+
+    assert phase(at["attempt"]) == "before_download"
+    during = fault_phase(result, down, mid - 0.005, mid - 0.004)
+    assert during.phase == "download" and during.served_by_start is not None
+    assert during.served_by_start < during.size and during.attempt == 1
+    assert phase(mid + 0.002) == "install"
+    assert phase(mid + 0.002, at["installed"] + 0.001) == "ambiguous"  # install returned meanwhile
+    assert phase(at["installed"] + 0.001) == "commit"
+    assert phase(at["committed"] + 0.001) == "after_commit"
+    broken = [dataclasses.replace(log[0], sent=600, complete=False)]
+    (cut, *_) = downloads(broken)
+    assert fault_phase(result, cut, mid + 0.002, mid + 0.003).phase == "download"
+
+
+class RecoveringDevice:
+    """Fails once as a power cut makes it (detected before the cut's apply returns), then
+    rolls back the install the cut left pending and succeeds."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.calls = 0
+
+    def run_update(self, ctx: AttemptContext) -> Outcome:
+        self.calls += 1
+        if self.calls == 1:
+            ctx.mark(MARK_DETECTED, "gateway lost")
+            return Outcome(S.FAILED, "gateway lost")
+        ctx.mark(MARK_RECOVERED, "rolled back pending model-v2")
+        return Outcome(S.SUCCEEDED, "committed", installed=NEW)
+
+    def truth(self) -> DeviceTruth:
+        return DeviceTruth(self.name, OLD, NEW, SHA[NEW], resumes=0)
+
+
+def test_timings_count_from_the_fault_start_and_a_recovery_is_a_roll_back() -> None:
+    device = RecoveringDevice("gw0")
+    config = RolloutConfig(in_progress_timeout_s=5, retry=(RetryCriterion(FailureType.FAILED, 1),))
+    result = Rollout([device], JOB, config).run()
+    detected = next(e for e in result.events if e.data.get("mark") == MARK_DETECTED)
+    recovered = next(e for e in result.events if e.data.get("mark") == MARK_RECOVERED)
+    start = detected.t_s - 0.01  # the cut began, the device failed, then apply() returned
+    report = check_rollout(result, [device.truth()], SHA, new_payload_good=True,
+                           fault_at_s={"gw0": start})  # fmt: skip
+    (m,) = report.metrics.devices
+    assert m.time_to_detect_s == pytest.approx(0.01, abs=1e-5)
+    assert m.time_to_roll_back_s == pytest.approx(recovered.t_s - start, abs=1e-5)
+    assert not m.rolled_back and not m.false_rollback  # a recovery is not a false rollback
+    # the old reference (after apply() returned, i.e. after the detection) loses it
+    late = check_rollout(result, [device.truth()], SHA, fault_at_s={"gw0": detected.t_s + 0.01})
+    assert late.metrics.devices[0].time_to_detect_s is None

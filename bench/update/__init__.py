@@ -12,12 +12,14 @@ from __future__ import annotations
 
 from bench.update.capability import (
     DeviceBusy,
+    DeviceEvidence,
     InstallOutcome,
     NothingPending,
     UpdateClient,
     UpdateConnectionLost,
     UpdateError,
     UpdateInProgress,
+    UpdateLogEntry,
     UpdateOutcome,
     UpdateState,
     UpdateStatus,
@@ -29,12 +31,14 @@ from bench.update.capability import (
 
 __all__ = [
     "DeviceBusy",
+    "DeviceEvidence",
     "InstallOutcome",
     "NothingPending",
     "UpdateClient",
     "UpdateConnectionLost",
     "UpdateError",
     "UpdateInProgress",
+    "UpdateLogEntry",
     "UpdateOutcome",
     "UpdateState",
     "UpdateStatus",

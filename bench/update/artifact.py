@@ -4,10 +4,15 @@ A model artifact is a ``single-file`` update-module image (the module Debian's
 mender-client ships in /usr/share/mender/modules/v3): its payload is the ``.tflite`` file
 plus the module's ``dest_dir`` and ``filename`` files, so the device copies the model to
 ``<dest_dir>/<filename>``, keeping a backup for roll back. With ``health_check=True`` the
-artifact also carries an ``ArtifactCommit_Enter`` state script that loads the new model
-with LiteRT's Interpreter on the board's python3, checks its sha256, invokes it once on
-zeros and exits 1 on any exception or a non-finite output: ``mender commit`` then rolls
-the update back by itself (Mender state scripts, docs.mender.io "State scripts").
+artifact also carries an ``ArtifactCommit_Enter`` state script that runs the new model once
+through fieldrig's inference runner (:mod:`bench.update.health_remote` driving
+``bench/inference/runner_remote.py``, both embedded in the script since a board has no
+bench checkout) with the board's python3: sha256 and model checks, the runtime proved on
+the runner's probe model, one timed invoke on random inputs; it exits 1 on a runner error,
+output shapes other than the expected ones, a non-finite output or an invoke over the time
+limit, and ``mender commit`` then rolls the update back by itself (Mender state scripts,
+docs.mender.io "State scripts"). With ``signing_key`` the artifact is signed
+(``mender-artifact write -k``), for devices configured with a verification key.
 
 Names are deterministic: the artifact file is ``<artifact name>.mender``, and
 :func:`default_artifact_name` derives a name from the model's stem and sha256.
@@ -16,14 +21,20 @@ Names are deterministic: the artifact file is ``<artifact name>.mender``, and
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import shlex
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Literal
 
+from bench.errors import BenchError
+from bench.inference.manifest import load_manifest
+from bench.inference.runner import RUNNER_SOURCE
 from bench.update.capability import UpdateError
 
 __all__ = [
@@ -33,41 +44,22 @@ __all__ = [
     "build_model_artifact",
     "default_artifact_name",
     "health_check_script",
+    "manifest_output_shapes",
     "truncated_model",
 ]
 
 HEALTH_SCRIPT_NAME = "ArtifactCommit_Enter_50_fieldrig_health"
+WRITE_TIME_SCRIPT_NAME = "ArtifactInstall_Enter_50_fieldrig_write_time"
+MAX_WRITE_TIME_S = 600.0
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 _FILENAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 _DEST = re.compile(r"^/[A-Za-z0-9._+/-]{1,255}$")
 BUILD_TIMEOUT_S = 120.0
 
-# Runs on the board (python 3.8+ with numpy and ai-edge-litert): argv = model path, sha256.
-HEALTH_CHECK_PY = """\
-import hashlib, sys
-path, want = sys.argv[1], sys.argv[2]
-try:
-    with open(path, "rb") as f:
-        got = hashlib.sha256(f.read()).hexdigest()
-    if got != want:
-        raise ValueError("sha256 %s, expected %s" % (got[:16], want[:16]))
-    import numpy as np
-    from ai_edge_litert.interpreter import Interpreter
-    it = Interpreter(model_path=path)
-    it.allocate_tensors()
-    for d in it.get_input_details():
-        it.set_tensor(d["index"], np.zeros(d["shape"], dtype=d["dtype"]))
-    it.invoke()
-    for d in it.get_output_details():
-        y = it.get_tensor(d["index"])
-        if y.dtype.kind in "fc" and not np.isfinite(y).all():
-            raise ValueError("output %s is not finite" % d["name"])
-except Exception as exc:
-    print("fieldrig health check failed for %s: %s: %s" % (path, type(exc).__name__, exc),
-          file=sys.stderr)
-    sys.exit(1)
-print("fieldrig health check passed for %s" % path, file=sys.stderr)
-"""
+# The on-device check (bench/update/health_remote.py) and the runner it drives
+# (bench/inference/runner_remote.py, the inference suite's own code), embedded in the script.
+HEALTH_SOURCE = (Path(__file__).parent / "health_remote.py").read_text()
+DEFAULT_MAX_INVOKE_MS = 5000.0
 
 
 class ArtifactBuildError(UpdateError):
@@ -86,6 +78,10 @@ class ModelArtifact:
     sha256: str
     size: int
     health_check: bool
+    output_shapes: tuple[tuple[int, ...], ...] | None = None  # what the health check expects
+    max_invoke_ms: float = DEFAULT_MAX_INVOKE_MS
+    signed: bool = False
+    write_time_s: float = 0.0  # the install step's emulated storage write time
 
     @property
     def file_name(self) -> str:
@@ -100,14 +96,38 @@ def default_artifact_name(model: Path, prefix: str = "") -> str:
     return f"{prefix}-{stem}-{digest}" if prefix else f"{stem}-{digest}"
 
 
-def health_check_script(destination: str, model_sha256: str, python: str = "python3") -> str:
-    """The ArtifactCommit_Enter script: run the model at ``destination`` once."""
+def manifest_output_shapes(model: Path) -> list[list[int]] | None:
+    """The output shapes models/manifest.yaml records for ``model`` (matched by sha256),
+    or None when the manifest cannot be read or does not list it."""
+    digest = hashlib.sha256(model.read_bytes()).hexdigest()
+    try:
+        entries = load_manifest()
+    except BenchError:
+        return None
+    for entry in entries:
+        if entry.sha256 == digest:
+            return [[int(v) for v in out["shape"]] for out in entry.outputs]
+    return None
+
+
+def health_check_script(
+    destination: str,
+    model_sha256: str,
+    python: str = "python3",
+    *,
+    output_shapes: Sequence[Sequence[int]] | None = None,
+    max_invoke_ms: float = DEFAULT_MAX_INVOKE_MS,
+) -> str:
+    """The ArtifactCommit_Enter script: run the model at ``destination`` once through the
+    runner (``output_shapes`` None: shapes unchecked; ``max_invoke_ms`` 0: no limit)."""
+    shapes = None if output_shapes is None else [[int(v) for v in s] for s in output_shapes]
+    argv = [python, "-c", HEALTH_SOURCE, RUNNER_SOURCE.read_text(), destination, model_sha256,
+            json.dumps(shapes), f"{max_invoke_ms:g}"]  # fmt: skip
     return (
         "#!/bin/sh\n"
-        "# fieldrig health check: run the new model once; a non-zero exit makes the\n"
-        "# commit roll back.\n"
-        f"exec {shlex.quote(python)} -c {shlex.quote(HEALTH_CHECK_PY)} "
-        f"{shlex.quote(destination)} {shlex.quote(model_sha256)}\n"
+        "# fieldrig health check: run the new model once through fieldrig's inference\n"
+        "# runner; a non-zero exit makes the commit roll back.\n"
+        f"exec {shlex.join(argv)}\n"
     )
 
 
@@ -121,13 +141,36 @@ def build_model_artifact(
     filename: str | None = None,
     health_check: bool = True,
     python: str = "python3",
+    output_shapes: Sequence[Sequence[int]] | Literal["manifest"] | None = "manifest",
+    max_invoke_ms: float = DEFAULT_MAX_INVOKE_MS,
+    signing_key: Path | None = None,
+    write_time_s: float = 0.0,
     tool: str = "mender-artifact",
 ) -> ModelArtifact:
     """Write ``<out_dir>/<artifact_name>.mender`` installing ``model`` to
     ``<dest_dir>/<filename>`` (filename defaults to the model's name) on ``device_type``.
+
+    The health check expects ``output_shapes``: by default those models/manifest.yaml
+    records for the model (unchecked when it is not listed), None: unchecked.
+    ``signing_key``: a PEM private key (RSA or ECDSA) to sign the artifact with.
+    ``write_time_s``: how long the install step takes on the device, emulated by an
+    ``ArtifactInstall_Enter`` script that waits that long. A 100 KB model is written in
+    milliseconds, a real rootfs or a large model on slow flash in seconds to minutes; a
+    bench that must land a fault inside the install step needs a step that long.
     """
     if not model.is_file():
         raise ArtifactBuildError(f"artifact: model {model} does not exist; build it first")
+    if signing_key is not None and not signing_key.is_file():
+        raise ArtifactBuildError(
+            f"artifact: signing key {signing_key} does not exist; give a PEM private key"
+        )
+    if not 0 <= write_time_s <= MAX_WRITE_TIME_S:
+        raise ArtifactBuildError(
+            f"artifact: write_time_s={write_time_s} must be between 0 and {MAX_WRITE_TIME_S:g} s"
+        )
+    if max_invoke_ms < 0:
+        raise ArtifactBuildError(f"artifact: max_invoke_ms={max_invoke_ms} must be >= 0 (0: none)")
+    shapes = manifest_output_shapes(model) if isinstance(output_shapes, str) else output_shapes
     name = artifact_name or default_artifact_name(model)
     filename = filename or model.name
     for what, value, pattern in (
@@ -163,9 +206,19 @@ def build_model_artifact(
                 "-f", str(stage / "filename"), "-f", str(payload / filename)]  # fmt: skip
         if health_check:
             script = stage / HEALTH_SCRIPT_NAME
-            script.write_text(health_check_script(destination, model_sha, python))
+            script.write_text(health_check_script(
+                destination, model_sha, python, output_shapes=shapes, max_invoke_ms=max_invoke_ms
+            ))  # fmt: skip
             script.chmod(0o755)
             argv += ["-s", str(script)]
+        if write_time_s > 0:
+            hold = stage / WRITE_TIME_SCRIPT_NAME
+            hold.write_text(f"#!/bin/sh\n# fieldrig: the storage write time of the install\n"
+                            f"sleep {write_time_s:g}\n")  # fmt: skip
+            hold.chmod(0o755)
+            argv += ["-s", str(hold)]
+        if signing_key is not None:
+            argv += ["-k", str(signing_key)]
         try:
             proc = subprocess.run(
                 argv, capture_output=True, text=True, check=False, timeout=BUILD_TIMEOUT_S
@@ -189,6 +242,10 @@ def build_model_artifact(
         sha256=hashlib.sha256(data).hexdigest(),
         size=len(data),
         health_check=health_check,
+        output_shapes=None if shapes is None else tuple(tuple(int(v) for v in s) for s in shapes),
+        max_invoke_ms=max_invoke_ms,
+        signed=signing_key is not None,
+        write_time_s=write_time_s,
     )
 
 

@@ -6,7 +6,10 @@ SWUpdate or a custom agent are one module each, registered by name with
 :class:`UpdateStatus` or an :class:`UpdateOutcome` with a state from
 :class:`UpdateState`. What keeps the bench from knowing the outcome (a timeout, a lost
 connection, a busy device, a command that makes no sense in the current state) raises an
-:class:`UpdateError` naming the gateway, the command and what to do.
+:class:`UpdateError` naming the gateway, the command and what to do. What proves the
+device's state (its own log of update commands, the payload files with their sha256, the
+pending and committed markers) is read back with :meth:`UpdateClient.evidence` as a
+:class:`DeviceEvidence`.
 """
 
 from __future__ import annotations
@@ -24,12 +27,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DeviceBusy",
+    "DeviceEvidence",
     "InstallOutcome",
     "NothingPending",
     "UpdateClient",
     "UpdateConnectionLost",
     "UpdateError",
     "UpdateInProgress",
+    "UpdateLogEntry",
     "UpdateOutcome",
     "UpdateState",
     "UpdateStatus",
@@ -71,6 +76,8 @@ class UpdateState(StrEnum):
     PENDING = "pending-commit"  # installed, waiting for commit or roll back
     ROLLED_BACK = "rolled-back"  # the update was undone; the old artifact runs
     FAILED = "failed"  # the client reported a failure it did not roll back from
+    REJECTED = "rejected"  # install refused before anything was installed (wrong device
+    # type, bad or missing signature, unsupported payload, unmet dependency)
     INCONSISTENT = "inconsistent"  # the client itself marks the installed artifact broken
     UNPROVISIONED = "unprovisioned"  # no client state on the device yet
 
@@ -117,6 +124,41 @@ class InstallOutcome(UpdateOutcome):
     artifact: str | None  # the artifact name the device now holds as pending, if any
 
 
+@dataclass(frozen=True)
+class UpdateLogEntry:
+    """One update command as the device logged it: ``seq`` counts commands on the device,
+    times are the device's clock (epoch seconds), ``exit`` is None when the command never
+    finished (power cut, killed connection), ``resumes`` counts download resumptions."""
+
+    seq: int
+    action: str
+    started: float
+    ended: float | None
+    exit: str | None
+    resumes: int
+    text: str
+
+
+@dataclass(frozen=True)
+class DeviceEvidence:
+    """Device files that prove its update state, read back from the device.
+
+    ``entries``: the device's log of update commands after the mark ``since`` given to
+    :meth:`UpdateClient.evidence` (``last_seq`` is the mark for a later read); ``resumes``:
+    download resumptions in those commands; ``files``: name -> text (``update_log``, the
+    payload listing with sha256 ``payload_files``, the pending/committed ``markers``).
+    """
+
+    last_seq: int
+    entries: tuple[UpdateLogEntry, ...]
+    payload_sha256: str | None
+    files: dict[str, str]
+
+    @property
+    def resumes(self) -> int:
+        return sum(e.resumes for e in self.entries)
+
+
 @runtime_checkable
 class UpdateClient(Protocol):
     """One update client on one gateway. Commands on a device never overlap."""
@@ -146,6 +188,11 @@ class UpdateClient(Protocol):
 
     def status(self) -> UpdateStatus:
         """The installed and pending artifact names and the state, read from the device."""
+        ...
+
+    def evidence(self, payload: str, *, since: int = 0) -> DeviceEvidence:
+        """Read back the device's update log after command ``since``, the payload file
+        ``payload`` (and its directory) with sha256, and the pending/committed markers."""
         ...
 
 

@@ -6,18 +6,24 @@ for commit is rolled back, as a device agent does after a crash), install from t
 URL, run the health check by committing (a failing ArtifactCommit state script rolls the
 update back), report. Steps are announced to ``on_step`` (``attempt``, ``install``,
 ``installed``, ``committed``, ``rolled_back``) so a test can inject a fault at that exact
-moment, and marked on the rollout's timeline. :meth:`UpdateDevice.truth` reads back what
-the device runs, for the invariant checker.
+moment, and marked on the rollout's timeline. An install the device refuses before
+installing anything (UpdateState.REJECTED: wrong device type, signature, payload type)
+ends the execution REJECTED, which is never retried. :meth:`UpdateDevice.truth` reads
+back what the device runs, for the invariant checker, with the device's own evidence
+(:meth:`UpdateClient.evidence` after the mark :meth:`UpdateDevice.prepare` took): its
+``resumes`` are the download resumptions its log shows since then, and its ``files`` hold
+``status``, ``recoveries``, ``update_log`` (the client's log of each command since the
+mark), ``payload_files`` (payload and its directory with sha256) and ``markers``
+(committed / pending markers).
 """
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bench.errors import BenchError
-from bench.update.capability import UpdateClient, UpdateState
+from bench.update.capability import DeviceEvidence, UpdateClient, UpdateState
 from bench.update.invariants import DeviceTruth
 from bench.update.rollout import (
     MARK_DETECTED,
@@ -44,6 +50,10 @@ class UpdateDevice:
     install_timeout_s: float | None = None
     before: str | None = None
     recoveries: list[str] = field(default_factory=list)
+    log_mark: int = 0
+    """The device's last logged update command when :meth:`prepare` ran."""
+    evidence: DeviceEvidence | None = None
+    """What :meth:`truth` last read back."""
 
     @property
     def name(self) -> str:
@@ -56,8 +66,9 @@ class UpdateDevice:
             self.on_step(self.name, step)
 
     def prepare(self) -> None:
-        """Remember what the device runs before the rollout."""
+        """Remember what the device runs before the rollout, and mark its update log."""
         self.before = self.client.status().installed
+        self.log_mark = self.client.evidence(self.payload).last_seq
 
     def run_update(self, ctx: AttemptContext) -> Outcome:
         self._step(ctx, "attempt", f"attempt {ctx.attempt}")
@@ -70,6 +81,13 @@ class UpdateDevice:
             url = ctx.job.url.replace("{device_type}", self.device_type or "")
             self._step(ctx, "install", url)
             installed = self.client.install(url, timeout_s=self.install_timeout_s)
+            if installed.state == UpdateState.REJECTED:
+                ctx.mark(MARK_DETECTED, "install rejected by the device")
+                return Outcome(
+                    ExecutionStatus.REJECTED,
+                    f"the device rejected the artifact (exit {installed.exit_status})",
+                    installed=installed.status.installed,
+                )
             if installed.state != UpdateState.PENDING:
                 ctx.mark(MARK_DETECTED, f"install ended {installed.state}")
                 return Outcome(
@@ -100,18 +118,19 @@ class UpdateDevice:
         )
 
     def truth(self) -> DeviceTruth:
-        """What the device says it runs now, and the sha256 of the payload file."""
+        """What the device says it runs now, the payload's sha256, and its evidence since
+        :meth:`prepare`."""
         status = self.client.status()
-        result = self.client.gateway.run(
-            f"sha256sum {shlex.quote(self.payload)} 2>/dev/null || true", timeout=30
-        )
-        digest = result.text.split()[0] if result.text.strip() else None
+        evidence = self.client.evidence(self.payload, since=self.log_mark)
+        self.evidence = evidence
+        files = {"status": status.raw[-4000:], "recoveries": "; ".join(self.recoveries)}
         return DeviceTruth(
             device=self.name,
             before=self.before,
             installed=status.installed,
-            payload_sha256=digest,
+            payload_sha256=evidence.payload_sha256,
             pending=status.pending,
             rolled_back=status.state == UpdateState.ROLLED_BACK,
-            files={"status": status.raw[-4000:], "recoveries": "; ".join(self.recoveries)},
+            resumes=evidence.resumes,
+            files={**files, **evidence.files},
         )

@@ -16,28 +16,42 @@ expected payload sha256 per artifact name, and returns an :class:`InvariantRepor
    every window ``(t - 60 s, t]`` ending at a start the starts stay within the rate in
    force then (the exponential schedule recomputed from the events);
 6. ``retries_bounded`` - retries per failure type within the retry criteria, one start per
-   retry, none after REJECTED; download resumes within ``max_resumes`` when given.
+   retry, none after REJECTED; download resumes within ``max_resumes`` when given, both as
+   the device reports them (``DeviceTruth.resumes``) and as the artifact server saw them
+   (Range requests in its log, :class:`DeviceDownload`).
+
+Metrics (:class:`RolloutMetrics`) count from each device's fault START (the moment the
+bench began to apply it, so a power cut that kills the device before ``apply()`` returns
+is still before its detection): time to detect, to roll back (the client's rollback, or a
+later attempt rolling back the install a fault left pending), until the orchestrator
+knows; completion time; stranded devices; false rollbacks; and bytes the artifact server
+sent each device for its own artifact over that artifact's size (:func:`device_download`
+reads them from the server's log). :func:`fault_phase` says, from the server's log and the
+device's step marks, in which phase of the update a fault landed.
 
 The rules are those of :mod:`bench.update.rollout`, re-derived here from the event stream
 so that a bug in the orchestrator's bookkeeping shows up as a violation. A violated
 invariant is a finding about the system under test: :meth:`InvariantReport.assert_all`
 raises :class:`InvariantViolation` (a DeviceFailure) with a one-line summary and the path
-of a JSON evidence file (state sequences, device reports, verdicts, metrics).
+of a JSON evidence file (state sequences, device reports and files, the fault timeline,
+verdicts, metrics, downloads).
 """
 
 from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from bench.errors import BenchError, DeviceFailure
 from bench.update.rollout import (
     EXECUTED,
     MARK_DETECTED,
+    MARK_RECOVERED,
     MARK_ROLLED_BACK,
     TERMINAL,
     WINDOW_S,
@@ -47,18 +61,25 @@ from bench.update.rollout import (
     RolloutEvent,
     RolloutResult,
 )
+from bench.update.server import RequestRecord
 
 __all__ = [
     "INVARIANTS",
+    "PHASES",
+    "DeviceDownload",
     "DeviceMetrics",
     "DeviceTruth",
+    "FaultPhase",
     "InvariantInputError",
     "InvariantReport",
     "InvariantViolation",
     "RolloutMetrics",
+    "Transfer",
     "Verdict",
     "Violation",
     "check_rollout",
+    "device_download",
+    "fault_phase",
     "state_sequence",
 ]
 
@@ -94,7 +115,9 @@ class DeviceTruth:
     """What a device itself says after the rollout (read back from it, not from the
     orchestrator). ``before``: artifact installed before the rollout; ``installed``: the
     committed artifact name now; ``payload_sha256``: sha256 of the payload file on the
-    device; ``pending``: an installed but uncommitted artifact; ``files``: evidence."""
+    device; ``pending``: an installed but uncommitted artifact; ``resumes``: how often the
+    download resumed (None: the backend cannot tell); ``files``: the device files that
+    prove the state (they go into the evidence file)."""
 
     device: str
     before: str | None
@@ -104,6 +127,87 @@ class DeviceTruth:
     rolled_back: bool = False
     resumes: int | None = None
     files: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """One GET of a device's artifact as the artifact server logged it; times in rollout
+    seconds (``end_s``: its last byte was written, or it broke off)."""
+
+    start_s: float
+    end_s: float
+    offset: int  # first byte sent: 0, or where a Range request resumed
+    sent: int
+    expected: int
+    error: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.sent == self.expected
+
+
+@dataclass(frozen=True)
+class DeviceDownload:
+    """Every transfer of one device's own artifact (``path`` on the server, ``size``
+    bytes) during one rollout, in the order the server logged them."""
+
+    device: str
+    path: str
+    size: int
+    transfers: tuple[Transfer, ...] = ()
+
+    @property
+    def bytes_sent(self) -> int:
+        return sum(t.sent for t in self.transfers)
+
+    @property
+    def unique_bytes(self) -> int:
+        """Distinct bytes of the artifact sent at least once (the union of the spans)."""
+        spans = sorted((t.offset, t.offset + t.sent) for t in self.transfers if t.sent)
+        total, reach = 0, 0
+        for lo, hi in spans:
+            lo = max(lo, reach)
+            if hi > lo:
+                total, reach = total + hi - lo, hi
+        return total
+
+    @property
+    def resent_bytes(self) -> int:
+        """Bytes sent more than once (a restart or an overlapping resume)."""
+        return self.bytes_sent - self.unique_bytes
+
+    @property
+    def range_requests(self) -> int:
+        """Transfers that resumed with a Range (the server's count of resumes)."""
+        return sum(1 for t in self.transfers if t.offset > 0)
+
+    @property
+    def ratio(self) -> float | None:
+        """Bytes sent over the artifact's size (1.0: each byte once); None before any."""
+        return self.bytes_sent / self.size if self.transfers and self.size else None
+
+
+PHASES: tuple[str, ...] = ("before_download", "download", "install", "commit", "after_commit")
+
+
+@dataclass(frozen=True)
+class FaultPhase:
+    """Where a fault landed in a device's update, and the evidence: ``phase`` is one of
+    PHASES or ``ambiguous`` (the install call returned while the fault was being applied).
+    ``served_by_start`` bounds the bytes the server had sent this device's transfer when
+    the fault began (an upper bound: the log has each transfer's total)."""
+
+    device: str
+    phase: str
+    start_s: float
+    applied_s: float
+    attempt: int | None
+    install_s: float | None
+    installed_s: float | None
+    committed_s: float | None
+    transfer: Transfer | None
+    served_by_start: int | None
+    size: int
 
 
 @dataclass(frozen=True)
@@ -142,9 +246,9 @@ class DeviceMetrics:
     attempts: int
     reference_s: float | None  # rollout time the timings count from
     time_to_detect_s: float | None
-    time_to_roll_back_s: float | None
+    time_to_roll_back_s: float | None  # client rollback, or a pending install rolled back
     time_to_know_s: float | None  # until the orchestrator recorded the status it ends with
-    rolled_back: bool
+    rolled_back: bool  # the client rolled the update back (a recovery does not count)
     false_rollback: bool
     stranded: bool
 
@@ -158,6 +262,15 @@ class RolloutMetrics:
     false_rollbacks: tuple[str, ...]
     statuses: dict[str, int]
     devices: tuple[DeviceMetrics, ...]
+    downloads: tuple[DeviceDownload, ...] = ()
+
+    @property
+    def bytes_over_size(self) -> float | None:
+        """Fleet figure: all bytes sent over the sizes of the artifacts of the devices that
+        asked for theirs (a device that never started does not dilute it)."""
+        asked = [d for d in self.downloads if d.transfers]
+        size = sum(d.size for d in asked)
+        return sum(d.bytes_sent for d in asked) / size if size else None
 
     def measurements(self) -> list[dict[str, Any]]:
         """``{gateway, metric, value, unit}`` rows for :meth:`RunStore.record`."""
@@ -165,12 +278,19 @@ class RolloutMetrics:
             (None, "rollout.stranded", len(self.stranded), "count"),
             (None, "rollout.false_rollbacks", len(self.false_rollbacks), "count"),
             (None, "rollout.completion_time", self.completion_s, "s"),
+            (None, "rollout.bytes_over_size", self.bytes_over_size, "1"),
         ]
         for dev in self.devices:
             rows += [
                 (dev.device, "rollout.time_to_detect", dev.time_to_detect_s, "s"),
                 (dev.device, "rollout.time_to_roll_back", dev.time_to_roll_back_s, "s"),
                 (dev.device, "rollout.time_to_know", dev.time_to_know_s, "s"),
+            ]
+        for down in self.downloads:
+            rows += [
+                (down.device, "rollout.bytes_over_size", down.ratio, "1"),
+                (down.device, "rollout.bytes_resent", down.resent_bytes, "B"),
+                (down.device, "rollout.download_resumes", down.range_requests, "count"),
             ]
         keys = ("gateway", "metric", "value", "unit")
         return [dict(zip(keys, row, strict=True)) for row in rows if row[2] is not None]
@@ -257,31 +377,48 @@ def check_rollout(
     fault_at_s: Mapping[str, float] | None = None,
     deadline_s: float | None = None,
     evidence_path: Path | None = None,
+    downloads: Iterable[DeviceDownload] | None = None,
+    faults: Sequence[Mapping[str, Any]] | None = None,
+    extra_evidence: Mapping[str, Any] | None = None,
 ) -> InvariantReport:
     """Check all six invariants and compute the metrics.
 
     ``expected_sha256`` maps artifact names (the new one and every device's old one) to
     the payload's sha256. ``new_payload_good`` is the ground truth for false rollbacks;
-    ``fault_at_s`` (per device, rollout seconds) the reference for the timings;
-    ``deadline_s`` (rollout seconds, default the rollout's end) the stranded cut-off.
-    A FaultTimeline event at ``t_s`` is at ``timeline.t0 + t_s - result.t0`` rollout
-    seconds (both are ``time.monotonic()`` readings with the default RealClock). Read the
-    devices back after :meth:`Rollout.wait_stragglers`, so no update is still running.
-    With ``evidence_path`` the evidence JSON is written there at once.
+    ``fault_at_s`` (per device, rollout seconds) the START of the device's first fault
+    (taken before it was applied; for a flapping link its first down), the reference for
+    the timings; ``deadline_s`` (rollout seconds, default the rollout's end) the stranded
+    cut-off. A FaultTimeline event at ``t_s`` is at ``timeline.t0 + t_s - result.t0``
+    rollout seconds (both are ``time.monotonic()`` readings with the default RealClock).
+    ``downloads`` (one per device, from the artifact server's log) give the bytes figures
+    and the server's count of resumes; with ``max_resumes`` the device's own count and the
+    server's are both bounded. ``faults`` (the case's fault timeline events) and
+    ``extra_evidence`` (e.g. fault phases) go into the evidence. Read the devices back
+    after :meth:`Rollout.wait_stragglers`, so no update is still running. With
+    ``evidence_path`` the evidence JSON is written there at once.
     """
     by_device = _truths(result, truths)
     _check_expected(result, by_device, expected_sha256)
     if grace_s < 0:
         raise InvariantInputError(f"check_rollout: grace_s {grace_s!r} must be >= 0")
+    fetched = _downloads(result, downloads)
+    if max_resumes is not None:
+        blind = [n for n in result.devices if by_device[n].resumes is None and n not in fetched]
+        if blind:
+            raise InvariantInputError(
+                f"check_rollout: max_resumes given but no resume count for {', '.join(blind)}; "
+                "pass the server's downloads or a DeviceTruth with resumes"
+            )
     verdicts = (
         _committed_version(result, by_device, expected_sha256),
         _view_matches_device(result, by_device),
         _rollback_is_failure(result, by_device),
         _terminal_in_time(result, grace_s),
         _stops_widening(result),
-        _retries_bounded(result, by_device, max_resumes),
+        _retries_bounded(result, by_device, max_resumes, fetched),
     )
     metrics = _metrics(result, by_device, new_payload_good, dict(fault_at_s or {}), deadline_s)
+    metrics = replace(metrics, downloads=tuple(fetched[n] for n in result.devices if n in fetched))
     evidence = {
         "job": asdict(result.job),
         "config": result.config.to_dict(),
@@ -293,10 +430,14 @@ def check_rollout(
                 "state_sequence": state_sequence(result, name),
                 "orchestrator": asdict(result.executions[name]),
                 "truth": asdict(by_device[name]),
+                "files": dict(by_device[name].files),
+                "download": asdict(fetched[name]) if name in fetched else None,
             }
             for name in result.devices
         },
+        "faults": [dict(f) for f in faults or ()],
         "events": [e.to_dict() for e in result.events],
+        **dict(extra_evidence or {}),
     }
     report = InvariantReport(verdicts, metrics, evidence, evidence_path)
     if evidence_path is not None:
@@ -321,6 +462,20 @@ def _truths(result: RolloutResult, truths: Iterable[DeviceTruth]) -> dict[str, D
     if unknown:
         raise InvariantInputError(f"check_rollout: no execution record for {', '.join(unknown)}")
     return by_device
+
+
+def _downloads(
+    result: RolloutResult, downloads: Iterable[DeviceDownload] | None
+) -> dict[str, DeviceDownload]:
+    found: dict[str, DeviceDownload] = {}
+    for down in downloads or ():
+        if down.device not in result.executions:
+            raise InvariantInputError(f"check_rollout: a download for {down.device!r}, which "
+                                      "is not in the rollout")  # fmt: skip
+        if down.device in found:
+            raise InvariantInputError(f"check_rollout: two downloads for {down.device!r}")
+        found[down.device] = down
+    return found
 
 
 def _check_expected(
@@ -525,7 +680,10 @@ def _abort_met(result: RolloutResult, state: Mapping[str, str]) -> bool:
 
 
 def _retries_bounded(
-    result: RolloutResult, truths: Mapping[str, DeviceTruth], max_resumes: int | None
+    result: RolloutResult,
+    truths: Mapping[str, DeviceTruth],
+    max_resumes: int | None,
+    downloads: Mapping[str, DeviceDownload],
 ) -> Verdict:
     limits = {c.failure_type.value: c.retries for c in result.config.retry}
     overall = limits.get("ALL")
@@ -555,9 +713,17 @@ def _retries_bounded(
             found.add(name, f"retried {total} time(s) in all, criterion ALL allows {overall}", ev)
         if starts > total + 1:
             found.add(name, f"started {starts} times but only {total} retries were decided", ev)
+        if max_resumes is None:
+            continue
         resumes = truths[name].resumes
-        if max_resumes is not None and resumes is not None and resumes > max_resumes:
-            found.add(name, f"download resumed {resumes} times, more than {max_resumes}", ev)
+        if resumes is not None and resumes > max_resumes:
+            found.add(name, f"download resumed {resumes} times, more than {max_resumes} "
+                      "(the device's count)", ev)  # fmt: skip
+        down = downloads.get(name)
+        if down is not None and down.range_requests > max_resumes:
+            ev = {**ev, "transfers": [asdict(t) for t in down.transfers]}
+            found.add(name, f"download resumed {down.range_requests} times, more than "
+                      f"{max_resumes} (Range requests the server saw)", ev)  # fmt: skip
     return found.verdict(len(result.devices))
 
 
@@ -613,7 +779,9 @@ def _device_metrics(
     detected = next((e for e in marks if e.data.get("mark") == MARK_DETECTED), None)
     if detected is None and failures:
         detected = failures[0]
-    rolled = next((e for e in marks if e.data.get("mark") == MARK_ROLLED_BACK), None)
+    rolled = next(
+        (e for e in marks if e.data.get("mark") in (MARK_ROLLED_BACK, MARK_RECOVERED)), None
+    )
 
     reference = fault_at
     if reference is None:
@@ -632,7 +800,7 @@ def _device_metrics(
 
     rolled_back = (
         truth.rolled_back
-        or rolled is not None
+        or any(e.data.get("mark") == MARK_ROLLED_BACK for e in mine if e.kind == "mark")
         or any(a.outcome is not None and a.outcome.rolled_back for a in record.attempts)
     )
     at_deadline = [e for e in states if e.t_s <= deadline_s]
@@ -651,3 +819,99 @@ def _device_metrics(
         false_rollback=rolled_back and new_payload_good is True,
         stranded=stranded,
     )
+
+
+# --- downloads and fault phases ------------------------------------------------------------
+
+
+def device_download(
+    device: str,
+    records: Iterable[RequestRecord],
+    *,
+    client: str,
+    path: str,
+    size: int,
+    wall_t0: float,
+) -> DeviceDownload:
+    """The GETs of ``path`` (e.g. ``/model-v2--rpi4.mender``, ``size`` bytes) that the
+    server logged for the address ``client`` (exact match), with times in rollout seconds:
+    ``wall_t0`` is the wall-clock (``time.time()``) reading at the rollout's t0. Give it
+    only the records logged since the rollout started."""
+    transfers = []
+    for r in records:
+        if r.method != "GET" or r.client != client or urlsplit(r.path).path != path:
+            continue
+        start = r.time - wall_t0
+        transfers.append(
+            Transfer(
+                start_s=round(start, 6),
+                end_s=round(start + r.duration_s, 6),
+                offset=r.start or 0,
+                sent=r.sent,
+                expected=r.expected,
+                error=r.error,
+            )
+        )
+    return DeviceDownload(device, path, size, tuple(transfers))
+
+
+_CLOCK_SLACK_S = 0.05  # server wall clock vs the rollout's monotonic clock
+
+
+def fault_phase(
+    result: RolloutResult,
+    download: DeviceDownload,
+    start_s: float,
+    applied_s: float,
+) -> FaultPhase:
+    """In which phase of ``download.device``'s update a fault that began at ``start_s``
+    and was in place at ``applied_s`` (rollout seconds) landed.
+
+    The attempt is the last one whose ``install`` step came before the fault. Then:
+    ``after_commit`` / ``commit`` when its ``committed`` / ``installed`` step came before
+    the fault; ``ambiguous`` when ``installed`` came while the fault was being applied;
+    ``install`` when the server had written the artifact's last byte before the fault
+    (and ``installed`` had not come); ``download`` when a transfer of the attempt was
+    under way (its last byte written after the fault began, or never); else
+    ``before_download``."""
+    name = download.device
+    steps = [e for e in result.events if e.device == name and e.kind == "mark"]
+    installs = [e for e in steps if e.data.get("mark") == "install" and e.t_s <= start_s]
+    attempt = installs[-1].attempt if installs else None
+
+    def step(mark: str) -> float | None:
+        found = [e.t_s for e in steps if e.data.get("mark") == mark and e.attempt == attempt]
+        return found[0] if found else None
+
+    install_s = installs[-1].t_s if installs else None
+    installed_s, committed_s = step("installed"), step("committed")
+    transfer: Transfer | None = None
+    served: int | None = None
+    if install_s is None:
+        phase = "before_download"
+    elif committed_s is not None and committed_s <= start_s:
+        phase = "after_commit"
+    elif installed_s is not None and installed_s <= start_s:
+        phase = "commit"
+    elif installed_s is not None and installed_s <= applied_s:
+        phase = "ambiguous"
+    else:
+        mine = [
+            t for t in download.transfers
+            if install_s - _CLOCK_SLACK_S <= t.start_s <= start_s
+        ]  # fmt: skip
+        transfer = mine[-1] if mine else None
+        if transfer is None:
+            phase = "before_download"
+        elif transfer.end_s <= start_s and transfer.offset + transfer.sent >= download.size:
+            phase, served = "install", transfer.offset + transfer.sent
+        else:
+            phase = "download"
+            reach = transfer.offset + transfer.sent
+            # written after the fault began: the last byte was not out yet when it did
+            served = reach if transfer.end_s <= start_s or reach < download.size else reach - 1
+    return FaultPhase(
+        device=name, phase=phase, start_s=start_s, applied_s=applied_s, attempt=attempt,
+        install_s=install_s, installed_s=installed_s, committed_s=committed_s,
+        transfer=transfer, served_by_start=served, size=download.size,
+    )  # fmt: skip

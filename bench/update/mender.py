@@ -20,6 +20,14 @@ serializes callers as well. An install is refused while another waits for commit
 commit/rollback with nothing pending raise NothingPending: mender 3.4 itself would
 silently replace a pending install, and "roll back" on a never-updated device.
 
+An install the client refuses while reading the artifact's headers, before any payload is
+installed (another device type, a missing or wrong signature where ``verify_key`` is set,
+a payload type without an update module, an unmet dependency; :data:`REJECTION_MARKS`)
+ends REJECTED, not FAILED. Install, commit and rollback are logged on the device (see
+DEVICE_SCRIPT); :meth:`MenderClient.evidence` reads that log back with the payload files
+and mender's pending/committed markers (:mod:`bench.update.mender_evidence_remote`). The
+log's command numbers start again after :meth:`MenderClient.reset`.
+
 The board needs mender, python3, flock (util-linux), timeout (coreutils), and unshare
 where ``private_etc`` applies.
 
@@ -43,20 +51,33 @@ from bench.gateway import ConnectedGateway
 from bench.transport.agent import CommandResult
 from bench.update.capability import (
     DeviceBusy,
+    DeviceEvidence,
     InstallOutcome,
     NothingPending,
     UpdateConnectionLost,
     UpdateError,
     UpdateInProgress,
+    UpdateLogEntry,
     UpdateOutcome,
     UpdateState,
     UpdateStatus,
     UpdateTimeout,
 )
 
-__all__ = ["INCONSISTENT_SUFFIX", "MenderCall", "MenderClient", "parse_report"]
+__all__ = ["INCONSISTENT_SUFFIX", "REJECTION_MARKS", "MenderCall", "MenderClient", "parse_report"]
 
 HELPER = (Path(__file__).parent / "mender_remote.py").read_text()
+EVIDENCE = (Path(__file__).parent / "mender_evidence_remote.py").read_text()
+LOG_MAX_BYTES = 1 << 20  # the device's update log moves to .1 past this size
+# mender 3.4's words for an artifact it refuses before installing anything (its errors
+# while reading the artifact's headers, checked against the real client)
+REJECTION_MARKS = (
+    "not compatible with device",  # built for another device type
+    "expecting signed artifact",  # unsigned, the device has ArtifactVerifyKey
+    "invalid signature",  # signed with another key
+    "is not supported by this Mender Client",  # no update module for the payload type
+    "not satisfied by currently installed artifact",  # artifact_depends not met
+)
 INCONSISTENT_SUFFIX = "_INCONSISTENT"  # mender marks a broken installed artifact so
 FLOCK_BUSY = 75  # flock -E: the lock wait ran out
 TIMED_OUT = (124, 137)  # timeout(1): the limit passed (137: it needed SIGKILL)
@@ -69,17 +90,35 @@ _SAFE_PATH = re.compile(r"^/[A-Za-z0-9._+/-]{1,200}$")
 # after the action, show-artifact and the store read. `timeout` leads its own process
 # group and kills it when the limit passes (exit 124, or 137 when it needed SIGKILL);
 # mender's modules and state scripts have groups of their own, so they are reaped then.
+# Install, commit and rollback append mender's output to the device's update log
+# (<data>/fieldrig-update.log, numbered by <data>/fieldrig-update.seq, the previous log
+# kept as .1 past LOG_MAX bytes) between "=== fieldrig SEQ NONCE begin|end ACTION EPOCH
+# DETAIL" lines, so it outlives a power cut or a lost connection; the new part is also
+# printed as the action's output.
 DEVICE_SCRIPT = r"""
 nonce=$1 store=$2 data=$3 action=$4 url=$5 limit=$6 quick=$7 helper=$8
 shift 8
+log=$data/fieldrig-update.log
 mark() { printf '\n%s %s %s\n' "$nonce" "$1" "$2"; }
+note() { printf '\n=== fieldrig %s %s %s %s %s %s\n' "$seq" "$nonce" "$1" "$action" \
+  "$(date +%s.%N)" "$2" >>"$log"; }
 helper() { timeout -k 2 "$quick" python3 -c "$helper" "$@"; }
 act() {
-  timeout -k 5 "$limit" "$@" </dev/null
+  timeout -k 5 "$limit" "$@" </dev/null >>"$log" 2>&1
   rc=$?
-  case $rc in 124|137) helper reap "$data" >&2 ;; esac
+  case $rc in 124|137) helper reap "$data" >>"$log" 2>&1 ;; esac
 }
 rc=none
+case $action in install|commit|rollback)
+  mkdir -p "$data"
+  size=$(wc -c 2>/dev/null <"$log") || size=0
+  if [ "$size" -gt LOG_MAX ]; then mv -f "$log" "$log.1"; size=0; fi
+  seq=$(cat "$data/fieldrig-update.seq" 2>/dev/null)
+  case $seq in ''|*[!0-9]*) seq=0 ;; esac
+  seq=$((seq + 1))
+  echo "$seq" >"$data/fieldrig-update.seq"
+  note begin "$url" ;;
+esac
 case $action in
   install)
     helper store --expect idle "$store"
@@ -88,12 +127,16 @@ case $action in
     helper store --expect pending "$store"
     case $? in 0) act "$@" "$action" ;; 3) rc=nothing ;; *) rc=store-error ;; esac ;;
 esac
+case $action in install|commit|rollback)
+  note end "$rc"
+  tail -c +"$((size + 1))" "$log" ;;
+esac
 mark action "$rc"
 timeout -k 2 "$quick" "$@" show-artifact </dev/null
 mark show $?
 helper store "$store"
 mark store $?
-"""
+""".replace("LOG_MAX", str(LOG_MAX_BYTES))
 # Writes {"files": {path: text}, "keep": [paths left alone when present]} atomically.
 WRITER = r"""
 import json, os, sys
@@ -182,7 +225,9 @@ class MenderClient:
     ``private_etc=None`` decides by the device: a virtual board (its os-release has
     ``FIELDRIG_VIRTUAL_BOARD``) shares the host's /etc and gets a private /etc/mender.
     Timeouts are the bench's, per command; ``lock_wait_s`` bounds the wait for the device
-    lock (this process's and the device's flock) before DeviceBusy.
+    lock (this process's and the device's flock) before DeviceBusy. ``verify_key``: a PEM
+    public key; provision() installs it as mender's ArtifactVerifyKey, so the device
+    accepts only artifacts signed with the matching private key.
     """
 
     backend = "mender"
@@ -200,6 +245,7 @@ class MenderClient:
         lock_wait_s: float = 30.0,
         state_script_timeout_s: int = 120,
         module_timeout_s: int = 600,
+        verify_key: str | None = None,
         mender: str = "mender",
     ) -> None:
         if not _SAFE_NAME.match(device_type):
@@ -220,8 +266,14 @@ class MenderClient:
         ):
             if value <= 0:
                 raise UpdateError(f"gateway {gateway.name}: {what}={value} must be > 0 s")
+        if verify_key is not None and "-----BEGIN PUBLIC KEY-----" not in verify_key:
+            raise UpdateError(
+                f"gateway {gateway.name}: verify_key is not a PEM public key; give the text of "
+                "one (openssl pkey -pubout), not a path or a private key"
+            )
         self.gateway = gateway
         self.device_type = device_type
+        self.verify_key = verify_key
         self.root = root.rstrip("/")
         self.install_timeout_s = install_timeout_s
         self.commit_timeout_s = commit_timeout_s
@@ -405,10 +457,11 @@ class MenderClient:
             "ModuleTimeoutSeconds": self.module_timeout_s,
             "DBus": {"Enabled": False},
         }
-        files = {
-            self.conf: json.dumps(conf, indent=2) + "\n",
-            self._path("data", "device_type"): f"device_type={self.device_type}\n",
-        }
+        files = {self._path("data", "device_type"): f"device_type={self.device_type}\n"}
+        if self.verify_key is not None:
+            conf["ArtifactVerifyKey"] = self._path("verify-key.pem")
+            files[self._path("verify-key.pem")] = self.verify_key
+        files[self.conf] = json.dumps(conf, indent=2) + "\n"
         if name is not None:
             files[self.artifact_info] = f"artifact_name={name}\n"
         spec = {"files": files, "keep": [self.artifact_info]}
@@ -480,6 +533,8 @@ class MenderClient:
             state = UpdateState.PENDING
         elif rc == 0 and status.state == UpdateState.INSTALLED:
             state = UpdateState.INSTALLED  # a module that needs no commit
+        elif status.pending is None and any(m in report.action_out for m in REJECTION_MARKS):
+            state = UpdateState.REJECTED
         else:
             state = UpdateState.FAILED
         self._note(index, state)
@@ -531,6 +586,43 @@ class MenderClient:
             output=_evidence(report, result),
         )
 
+    def evidence(self, payload: str, *, since: int = 0) -> DeviceEvidence:
+        """The device's update log after command ``since``, ``payload`` and its directory
+        with sha256, and mender's markers (see :mod:`bench.update.mender_evidence_remote`)."""
+        if not payload.startswith("/"):
+            raise UpdateError(
+                f"gateway {self.gateway.name}: evidence: payload {payload!r} must be an "
+                "absolute path on the device"
+            )
+        argv = [*self._flock(), "python3", "-c", EVIDENCE, HELPER, self.store, self.data_dir,
+                self.artifact_info, payload, str(int(since))]  # fmt: skip
+        self._acquire("evidence")
+        try:
+            result, _ = self._run(argv, self.command_timeout_s + self.lock_wait_s, "evidence")
+        finally:
+            self._lock.release()
+        self._check_plain(result, "evidence")
+        try:
+            found = json.loads(result.stdout)
+            entries = tuple(_log_entry(e) for e in found["entries"])
+            payload_info = found["payload"]
+            files = {
+                "update_log": _render_log(entries),
+                "payload_files": _render_files([payload_info, *found["listing"]]),
+                "markers": json.dumps(found["markers"], indent=1, sort_keys=True),
+            }
+            return DeviceEvidence(
+                last_seq=int(found["last_seq"]),
+                entries=entries,
+                payload_sha256=payload_info.get("sha256"),
+                files=files,
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UpdateError(
+                f"gateway {self.gateway.name}: evidence: unreadable report ({exc}): "
+                f"{result.text[:200]!r}"
+            ) from None
+
     def _action_rc(
         self, report: Report, action: str, limit: float, status: UpdateStatus, index: int
     ) -> int:
@@ -568,6 +660,43 @@ class MenderClient:
                 call.timed_out or timed_out,
                 str(state),
             )
+
+
+def _log_entry(e: dict[str, Any]) -> UpdateLogEntry:
+    return UpdateLogEntry(
+        seq=int(e["seq"]),
+        action=str(e["action"]),
+        started=float(e["started"]),
+        ended=None if e["ended"] is None else float(e["ended"]),
+        exit=None if e["exit"] is None else str(e["exit"]),
+        resumes=int(e["resumes"]),
+        text=str(e["text"]),
+    )
+
+
+def _render_log(entries: tuple[UpdateLogEntry, ...], limit: int = 65536) -> str:
+    """The log entries as text (its tail past ``limit``): a header line per command, then
+    its output."""
+    parts = []
+    for e in entries:
+        end = "never finished" if e.exit is None else f"exit {e.exit} at {e.ended:.3f}"
+        parts.append(f"--- #{e.seq} {e.action} at {e.started:.3f}, {end}, resumes {e.resumes}")
+        parts.append(e.text)
+    text = "\n".join(parts)
+    return text if len(text) <= limit else "[...]" + text[-limit:]
+
+
+def _render_files(described: list[dict[str, Any]]) -> str:
+    """One line per file: sha256 (or -), size, mode, path."""
+    lines = []
+    for f in described:
+        if not f.get("exists"):
+            lines.append(f"absent {f['path']}")
+        elif "size" not in f:
+            lines.append(f"{'directory' if f.get('directory') else 'other'} {f['path']}")
+        else:
+            lines.append(f"{f.get('sha256') or '-'} {f['size']} {f['mode']} {f['path']}")
+    return "\n".join(lines)
 
 
 def _evidence(report: Report, result: CommandResult, limit: int = 20000) -> str:

@@ -59,6 +59,7 @@ from bench.errors import BenchError
 __all__ = [
     "EXECUTED",
     "MARK_DETECTED",
+    "MARK_RECOVERED",
     "MARK_ROLLED_BACK",
     "TERMINAL",
     "AbortCriterion",
@@ -91,6 +92,7 @@ WINDOW_S = 60.0
 # device-side marks (AttemptContext.mark) that the metrics in bench.update.invariants read
 MARK_DETECTED = "failure_detected"
 MARK_ROLLED_BACK = "rolled_back"
+MARK_RECOVERED = "recovered"  # a later attempt rolled back an install a fault left pending
 
 
 class RolloutError(BenchError):
