@@ -281,7 +281,8 @@ def test_radio_port_transcript_is_kept_with_the_run(
               - name: gw1
                 board: rpi4
                 ssh: {{host: 10.213.0.11}}
-                radio: {{port: {dongle.path}, driver: skstack}}
+                radio: {{port: {dongle.path}, driver: skstack, dialect: bp35a1,
+                         route_b: {{id_env: RB_ID, password_env: RB_PASSWORD}}}}
             """)
         )
         pytester.makepyfile(

@@ -1,12 +1,22 @@
-"""The virtual lab's radios: one Spinel border-router dongle on a pty per gateway, each
-fronting its own simulated mesh, an RF attenuator in line with every dongle, and a control
-socket that powers meters off and on and raises interference.
+"""The virtual lab's radios: one emulated dongle on a pty per gateway that has one, an RF
+attenuator in line with the Spinel dongles, and a control socket that powers meters off and
+on and raises interference.
 
-Which gateways get a dongle: those whose ``radio.port`` lies in ``<state_dir>/radio/`` with
-driver ``spinel`` (write ``port: "{state_dir}/radio/gw1"``). The attenuator is the rig's
-attenuator on 127.0.0.1 (a virtual Mini-Circuits RCDAT); setting channel n changes the link
-budget of the mesh whose dongle ``radio.attenuator`` wires to channel n. Mesh i uses seed
-``mesh.seed + i`` so the gateways' meshes differ but every run is the same.
+Which gateways get a dongle: those whose ``radio.port`` lies in ``<state_dir>/radio/``
+(write ``port: "{state_dir}/radio/gw1"``), of the rig's driver:
+
+- ``spinel``: a Spinel border-router NCP fronting its own simulated mesh. The attenuator is
+  the rig's attenuator on 127.0.0.1 (a virtual Mini-Circuits RCDAT); setting channel n
+  changes the link budget of the mesh whose dongle ``radio.attenuator`` wires to channel n.
+  Mesh i uses seed ``mesh.seed + i`` so the gateways' meshes differ but every run is the same.
+- ``skstack``: a SKSTACK-IP Route-B dongle in the rig's ``dialect`` with one smart meter
+  answering ECHONET Lite (:class:`bench.radio.skstack_emulator.SkstackEmulator`). The meter
+  takes the Route-B ID and password held by the environment variables the rig's ``route_b``
+  names, as the lab's environment has them when it starts (any credentials when they are
+  unset there). A Route-B link is one hop: answers are lost with probability
+  ``ROUTE_B_LOSS`` (seeded with ``mesh.seed + i``) and come ``ROUTE_B_ANSWER_DELAY_S``
+  late, their data as raw bytes (ROPT 00, the factory default). It has no RF model:
+  attenuation does not reach it, and the control socket has no mesh of it to act on.
 
 The control socket (``<state_dir>/radio/control.sock``) takes one JSON object per line,
 ``{"gateway": "gw1", "op": "power_off", "address": "fd00:..."}`` (ops: power_off, power_on,
@@ -32,12 +42,25 @@ from typing import Any
 from bench.errors import BenchError, LabError
 from bench.lab.attenuator_server import AttenuatorServer
 from bench.lab.mesh_ncp import MeshNcp
-from bench.lab.radio_plan import CONTROL_SOCKET, attenuator_of, radio_dir, virtual_radios
+from bench.lab.radio_plan import (
+    CONTROL_SOCKET,
+    VirtualRadio,
+    VirtualRouteB,
+    attenuator_of,
+    radio_dir,
+    virtual_radios,
+)
 from bench.lab.service import Started, run_service
+from bench.radio.skstack_emulator import MeterPan, SkstackEmulator
 from bench.rig import Rig
 from bench.transport.ptyport import PtyDevice
 
 _CONTROL_TIMEOUT_S = 5.0
+ROUTE_B_LOSS = 0.06
+"""Share of Route-B requests whose answer is lost: one link after MAC retries delivers
+about 94 % (the measured Wi-SUN figure in DESIGN.md)."""
+ROUTE_B_ANSWER_DELAY_S = 0.1
+"""How long the emulated meter takes to answer an ECHONET Lite Get."""
 
 
 class RadioLab:
@@ -49,6 +72,7 @@ class RadioLab:
         if not self.radios:
             raise LabError(f"rig '{rig.name}' has no radio under {radio_dir(rig)} to emulate")
         self.ncps: dict[str, MeshNcp] = {}
+        self.route_b: dict[str, SkstackEmulator] = {}
         self.attenuator: AttenuatorServer | None = None
         self._control: socket.socket | None = None
         self._stop = threading.Event()
@@ -60,6 +84,10 @@ class RadioLab:
         scale = float(self.rig.virtual.mesh.time_scale)
         for i, radio in enumerate(self.radios):
             device = PtyDevice(directory, radio.gateway)
+            if isinstance(radio, VirtualRouteB):
+                self.route_b[radio.gateway] = route_b_dongle(device, radio, i)
+                self.route_b[radio.gateway].start()
+                continue
             hwaddr = bytes.fromhex("18b43000000000") + bytes([i + 1])
             ncp = MeshNcp(device, radio.config, time_scale=scale, hwaddr=hwaddr)
             ncp.start()
@@ -72,7 +100,11 @@ class RadioLab:
         if found is None:
             return
         name, port = found
-        wiring = {r.attenuator_channel: r.gateway for r in self.radios if r.attenuator_channel}
+        wiring = {
+            r.attenuator_channel: r.gateway
+            for r in self.radios
+            if isinstance(r, VirtualRadio) and r.attenuator_channel
+        }
         spec = self.rig.attenuators[name]
 
         def on_set(channel: int, db: float) -> None:
@@ -123,6 +155,11 @@ class RadioLab:
                 raise ValueError("a request is a JSON object")
             gateway = str(request.pop("gateway", ""))
             ncp = self.ncps.get(gateway)
+            if gateway in self.route_b:
+                raise ValueError(
+                    f"gateway {gateway!r} has an emulated Route-B dongle with one meter, not a "
+                    "mesh: there is nothing here to power off or jam"
+                )
             if ncp is None:
                 raise ValueError(f"no virtual radio for gateway {gateway!r}")
             op = str(request.pop("op", ""))
@@ -144,13 +181,36 @@ class RadioLab:
             ncp.stop()
             with contextlib.suppress(OSError):
                 ncp.emulator.device.unplug()
+        for dongle in self.route_b.values():
+            dongle.stop()
+            with contextlib.suppress(OSError):
+                dongle.device.unplug()
+
+
+def route_b_dongle(device: PtyDevice, radio: VirtualRouteB, index: int) -> SkstackEmulator:
+    """The emulated Route-B dongle of gateway ``index`` and its meter (not started)."""
+    rbid = os.environ.get(radio.id_env) or None
+    password = os.environ.get(radio.password_env) or None
+    return SkstackEmulator(
+        device,
+        dialect=radio.dialect,
+        mac=f"001D1290{index + 1:08X}",
+        meter=MeterPan(mac=f"001D1291{index + 1:08X}"),
+        rbid=rbid,
+        password=password,
+        seed=radio.seed,
+        answer_drop_probability=ROUTE_B_LOSS,
+        answer_delay_s=ROUTE_B_ANSWER_DELAY_S,
+        data_format="binary",  # ERXUDP data as raw bytes (ROPT 00), as a factory-fresh dongle
+    )
 
 
 def _start(rig: Rig) -> Started:
     lab = RadioLab(rig)
     lab.start()
-    names = ", ".join(f"{g} ({n.sim.meters} meters)" for g, n in lab.ncps.items())
-    return names, lab.stop
+    meshes = [f"{g} ({n.sim.meters} meters)" for g, n in lab.ncps.items()]
+    route_b = [f"{g} (Route-B {d.dialect}, 1 meter)" for g, d in lab.route_b.items()]
+    return ", ".join(meshes + route_b), lab.stop
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -28,26 +28,45 @@ then cancelled inside the stack; ``EVENT 33`` says it is lifted. The driver keep
 ``transmit_limited``; a cancelled send shows up as ``EVENT 21 .. 01`` (SKSENDTO itself is
 accepted with OK, it is not refused with FAIL).
 
-Lines that start with ``SK`` are echoes of our own commands (SFE=1) and never replies.
-Unsolicited ``EVENT``/``ERXUDP``/``EPONG`` lines are queued in ``driver.events`` until consumed;
-the session / limit state and the counters in ``driver.stats`` are updated as lines arrive.
-ERXUDP data is expected as hex text (the BP35A1 default; ``WOPT 01`` on a BP35C0).
+ERXUDP data format (``ROPT`` / ``WOPT``, the same on BP35A1 and BP35C0; sources in
+:mod:`bench.radio.skstack_stream`): a factory-fresh dongle sends the data as datalen raw bytes
+(``ROPT`` -> ``OK 00``), which may contain CR and LF; after ``WOPT 01`` (stored in flash,
+which takes a limited number of writes) it sends hex text (``OK 01``). The driver reads both
+shapes byte-exact whatever the option says (:class:`~bench.radio.skstack_stream.SkstackStream`)
+and asks ``ROPT`` once in :meth:`SkstackDriver.ensure_data_format` (``SkstackRadio`` does on
+first use): the answer is kept in ``data_format``, a datagram in the other shape is counted in
+``stats["erxudp_unexpected_format"]``. ``write_ascii_option=True`` (default off) sends
+``WOPT 01`` once, and only when ``ROPT`` said 00, then reads ``ROPT`` back. A firmware without
+``ROPT`` (``FAIL ER04``: hex text only, as on the Tessera RL7023 Stick-D/IPS) is taken as hex,
+with a logged note.
+
+Lines that start with ``SK`` (and ``ROPT`` / ``WOPT``) are echoes of our own commands (SFE=1)
+and never replies. Unsolicited ``EVENT``/``ERXUDP``/``EPONG`` lines are queued in
+``driver.events`` until consumed; the session / limit state and the counters in
+``driver.stats`` are updated as lines arrive (``erxudp_malformed``: ERXUDP lines dropped).
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 from bench.errors import BenchError, TransportError
+from bench.radio.skstack_stream import RawErxudp, SkstackStream
 from bench.transport.serial import SerialPort, SerialTimeout
 
 Dialect = Literal["bp35a1", "bp35c0"]
 DIALECTS: tuple[str, ...] = get_args(Dialect)
+DataFormat = Literal["binary", "hex"]
+"""How the dongle shows ERXUDP data: ``binary`` (ROPT 00, factory default) or ``hex`` (01)."""
+ROPT_FORMATS: dict[int, DataFormat] = {0: "binary", 1: "hex"}
+
+log = logging.getLogger("bench.radio.skstack")
 
 FAIL_CODES = {
     4: "unsupported command",
@@ -77,6 +96,7 @@ UDP_SEND_AFTER_NS = 2
 MAX_UDP = 0x04D0
 _SESSION_ENDS = (EVENT_PANA_TERM_REQUESTED, EVENT_PANA_TERMINATED, EVENT_PANA_TERM_TIMEOUT)
 _DIALECT_HINT_COMMANDS = ("SKSCAN", "SKSENDTO")
+_ECHOES = ("SK", "ROPT", "WOPT")
 
 
 class SkstackError(BenchError):
@@ -121,6 +141,8 @@ class UdpDatagram:
     side: int | None = None
     received_ns: int = field(default=0, compare=False)
     """``time.monotonic_ns()`` when the line was read."""
+    binary: bool = field(default=False, compare=False)
+    """The data came as raw bytes (ROPT 00), not as hex text."""
 
 
 @dataclass(frozen=True)
@@ -190,10 +212,25 @@ def _command_name(command: str) -> str:
     return command.split(" ", 1)[0]
 
 
+def _ok_value(line: str) -> int:
+    """The hex value of an ``OK nn`` line (ROPT's answer); -1 when there is none."""
+    try:
+        return int(line[3:].strip(), 16)
+    except ValueError:
+        return -1
+
+
 class SkstackDriver:
     """SKSTACK-IP commands on an open ``SerialPort`` in one dialect (see the module doc)."""
 
-    def __init__(self, port: SerialPort, *, dialect: Dialect = "bp35a1", side: int = 0) -> None:
+    def __init__(
+        self,
+        port: SerialPort,
+        *,
+        dialect: Dialect = "bp35a1",
+        side: int = 0,
+        write_ascii_option: bool = False,
+    ) -> None:
         if dialect not in DIALECTS:
             raise SkstackUsageError(
                 f"unknown SKSTACK dialect {dialect!r}; use one of {', '.join(DIALECTS)}"
@@ -209,6 +246,12 @@ class SkstackDriver:
         self.transmit_limited = False
         """True between EVENT 32 and EVENT 33 (ARIB transmit-time limit active)."""
         self.stats: collections.Counter[str] = collections.Counter()
+        self.write_ascii_option = write_ascii_option
+        """Send ``WOPT 01`` (a flash write) in ensure_data_format() when ROPT says binary."""
+        self.data_format: DataFormat | None = None
+        """What ROPT said (None before it was asked, or when it answered another value)."""
+        self._format_checked = False
+        self._stream = SkstackStream(7 if dialect == "bp35c0" else 6)
         self._pan: dict[str, str] | None = None
 
     @property
@@ -273,32 +316,47 @@ class SkstackDriver:
         side = rest.pop(0) if self._c0 and rest else None
         return SkEvent(code, sender, rest[0] if rest else None, side)
 
-    def _datagram(self, words: list[str]) -> UdpDatagram | None:
-        fields = 10 if self._c0 else 9
-        if len(words) < fields:
-            return None
-        side = int(words[7], 16) if self._c0 else None
+    def _datagram(self, raw: RawErxudp) -> UdpDatagram:
+        """``ERXUDP sender dest rport lport senderlla secured [side] datalen data``."""
+        f = raw.fields
         return UdpDatagram(
-            sender=words[1].upper(),
-            dest=words[2].upper(),
-            rport=int(words[3], 16),
-            lport=int(words[4], 16),
-            sender_lla=words[5].upper(),
-            secured=words[6] == "1",
-            data=bytes.fromhex(words[fields - 1]),
-            side=side,
+            sender=f[0].upper(),
+            dest=f[1].upper(),
+            rport=int(f[2], 16),
+            lport=int(f[3], 16),
+            sender_lla=f[4].upper(),
+            secured=f[5] == "1",
+            data=raw.data,
+            side=int(f[6], 16) if self._c0 else None,
             received_ns=time.monotonic_ns(),
+            binary=raw.binary,
         )
 
-    def _classify(self, line: str) -> str | None:
+    def _receive(self, raw: RawErxudp) -> None:
+        try:
+            datagram = self._datagram(raw)
+        except ValueError:
+            self.stats["erxudp_malformed"] += 1
+            return
+        self.stats["udp_received"] += 1
+        expected = self.data_format
+        if expected is not None and raw.binary != (expected == "binary"):
+            self.stats["erxudp_unexpected_format"] += 1
+        self.events.append(datagram)
+
+    def _classify(self, item: str | RawErxudp) -> str | None:
         """Queue events; return the line if it is a reply, None if consumed or an echo."""
         if self._pan is not None:
-            if line[:1].isspace() and ":" in line:
-                key, _, value = line.strip().partition(":")
+            if isinstance(item, str) and item[:1].isspace() and ":" in item:
+                key, _, value = item.strip().partition(":")
                 self._pan[key.strip()] = value.strip()
                 return None
             self._finish_pan()
-        if not line or line.startswith("SK"):
+        if isinstance(item, RawErxudp):
+            self._receive(item)
+            return None
+        line = item
+        if not line or line.startswith(_ECHOES):
             return None
         words = line.split()
         head = words[0]
@@ -309,9 +367,8 @@ class SkstackDriver:
                 event = self._event(words)
                 self._note(event)
                 self.events.append(event)
-            elif head == "ERXUDP" and (datagram := self._datagram(words)) is not None:
-                self.stats["udp_received"] += 1
-                self.events.append(datagram)
+            elif head == "ERXUDP":  # in neither data shape (see skstack_stream)
+                self.stats["erxudp_malformed"] += 1
             elif head == "EPONG" and len(words) >= 2:
                 self.events.append(Pong(words[1].upper()))
             else:
@@ -320,20 +377,28 @@ class SkstackDriver:
             return line
         return None
 
+    def _next(self, deadline: float) -> str | RawErxudp:
+        """The next line or datagram (``SerialTimeout`` at ``deadline``; a part stays kept)."""
+        while (item := self._stream.next()) is None:
+            if time.monotonic() >= deadline:
+                raise SerialTimeout(f"{self.port.label}: nothing complete before the deadline")
+            self._stream.feed(self.port.read_some())
+        return item
+
     def _read(self, deadline: float, command: str, timeout: float, what: str) -> str | None:
         try:
-            line = self.port.read_line(max(0.0, deadline - time.monotonic()))
+            item = self._next(deadline)
         except SerialTimeout:
             raise self._timeout(command, timeout, what) from None
-        return self._classify(line)
+        return self._classify(item)
 
     def poll_line(self, timeout: float = 0.0) -> bool:
         """Read and classify at most one line; False when none arrived within ``timeout``."""
         try:
-            line = self.port.read_line(timeout)
+            item = self._next(time.monotonic() + timeout)
         except SerialTimeout:
             return False
-        self._classify(line)
+        self._classify(item)
         return True
 
     def poll(self, timeout: float = 0.0) -> list[Item]:
@@ -376,6 +441,8 @@ class SkstackDriver:
                 continue
             if line == "OK":
                 return replies
+            if line.startswith("OK "):  # ROPT answers its value on the OK line
+                return [*replies, line]
             if line.startswith("FAIL ER"):
                 raise self._fail(command, line)
             replies.append(line)
@@ -393,6 +460,51 @@ class SkstackDriver:
             self._read(deadline, command, timeout, what)
 
     # -- commands --------------------------------------------------------------------------
+
+    def read_data_format(self, timeout: float = 2.0) -> DataFormat | None:
+        """``ROPT``: how the dongle shows ERXUDP data, kept in ``data_format``.
+
+        ``FAIL ER04`` (no ROPT: a hex-only firmware) counts as ``hex``, with a logged note;
+        a value other than 00 / 01 gives None (datagrams are then told by their shape).
+        """
+        try:
+            replies = self.command("ROPT", timeout)
+        except SkstackError as exc:
+            if exc.code != 4:
+                raise
+            log.info("%s: no ROPT (FAIL ER04): reading ERXUDP data as hex text", self.port.label)
+            self.stats["ropt_unsupported"] += 1
+            replies = ["OK 01"]
+        answer = next((r for r in replies if r.startswith("OK ")), "OK")
+        fmt = ROPT_FORMATS.get(_ok_value(answer))
+        if fmt is None:
+            log.warning(
+                "%s: ROPT answered %r, not OK 00 / OK 01: telling ERXUDP data by its shape",
+                self.port.label,
+                answer,
+            )
+        self.data_format = fmt
+        self._stream.hex_only = fmt == "hex"
+        return fmt
+
+    def ensure_data_format(self, timeout: float = 2.0) -> DataFormat | None:
+        """Ask ``ROPT`` the first time only; with ``write_ascii_option`` and a binary answer
+        write ``WOPT 01`` (once: it is a flash write) and read ``ROPT`` back."""
+        if self._format_checked:
+            return self.data_format
+        fmt = self.read_data_format(timeout)
+        if fmt == "binary" and self.write_ascii_option:
+            self.command("WOPT 01", timeout)
+            self.stats["wopt_written"] += 1
+            fmt = self.read_data_format(timeout)
+            if fmt != "hex":
+                raise SkstackError(
+                    f"{self.port.label}: WOPT 01 was accepted but ROPT still says {fmt}; "
+                    "the driver reads binary ERXUDP data too: turn write_ascii_option off",
+                    "WOPT",
+                )
+        self._format_checked = True
+        return fmt
 
     def version(self, timeout: float = 2.0) -> str:
         for line in self.command("SKVER", timeout):

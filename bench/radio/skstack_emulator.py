@@ -27,8 +27,13 @@ What it does:
 - ``SKSENDTO`` -> ``EVENT 21 ipv6 [side] 00`` (or ``01`` with probability
   ``send_fail_probability`` from a seeded RNG, and always while the transmit-time limit is
   active), ``OK``, then - when delivered, the responder answers and the answer is not dropped
-  (``answer_drop_probability``, its own seeded RNG) - an ``ERXUDP`` line (data as hex)
-  ``answer_delay_s`` later, without holding up other commands,
+  (``answer_drop_probability``, its own seeded RNG) - an ``ERXUDP`` line ``answer_delay_s``
+  later, without holding up other commands. Its data is datalen raw bytes (CR, LF and all)
+  while the stored option is 00 (``data_format="binary"``, the factory default) and hex text
+  when it is 01 (``"hex"``),
+- ``ROPT`` -> ``OK 00`` / ``OK 01``; ``WOPT 00|01`` stores the option "in flash": it counts
+  in ``flash_writes`` and survives an unplug (SFE does not). ``opt_commands=False`` is a
+  hex-only firmware without them (``FAIL ER04``, as the Tessera RL7023 Stick-D/IPS),
 - ``SKPING ipv6`` (bp35a1) -> ``OK`` then ``EPONG ipv6`` when the meter is reachable,
 - transmit-time limit: every delivered datagram costs airtime (802.15.4g 2-FSK at 100 kbit/s,
   payload plus ``FRAME_OVERHEAD_OCTETS``); when the airtime sent within ``limit_window_s``
@@ -58,7 +63,13 @@ from dataclasses import dataclass
 from bench.mesh.airtime import frame_airtime_s
 from bench.radio.echonet import SmartMeter
 from bench.radio.emulator import EmulatorThread
-from bench.radio.skstack_driver import DIALECTS, Dialect, SkstackUsageError, link_local_address
+from bench.radio.skstack_driver import (
+    DIALECTS,
+    DataFormat,
+    Dialect,
+    SkstackUsageError,
+    link_local_address,
+)
 from bench.transport.ptyport import PtyDevice
 
 Responder = Callable[[int, bytes], bytes | None]
@@ -147,10 +158,19 @@ class SkstackEmulator(EmulatorThread):
         airtime_budget_s: float | None = None,
         limit_window_s: float = ARIB_WINDOW_S,
         scan_delay_s: float = 0.05,
+        data_format: DataFormat = "binary",
+        opt_commands: bool = True,
     ) -> None:
         if dialect not in DIALECTS:
             raise SkstackUsageError(
                 f"unknown SKSTACK dialect {dialect!r}; use one of {', '.join(DIALECTS)}"
+            )
+        if data_format not in ("binary", "hex"):
+            raise SkstackUsageError(f"data_format must be binary or hex, got {data_format!r}")
+        if not opt_commands and data_format != "hex":
+            raise SkstackUsageError(
+                "a dongle without ROPT/WOPT (opt_commands=False) sends hex only: "
+                "pass data_format='hex'"
             )
         for name, p in (
             ("send_fail_probability", send_fail_probability),
@@ -190,9 +210,14 @@ class SkstackEmulator(EmulatorThread):
         self.credentials: tuple[str | None, str | None] = (None, None)
         self.dropped_requests: list[bytes] = []
         """Requests whose answers the emulator dropped (``answer_drop_probability``)."""
+        self.option = 1 if data_format == "hex" else 0
+        """The stored ERXUDP display option (ROPT / WOPT): 0 raw bytes, 1 hex text."""
+        self.opt_commands = opt_commands
+        self.flash_writes = 0
+        """How many times WOPT wrote the option to flash."""
         self.total_airtime_s = 0.0
         self._airtime: collections.deque[tuple[float, float]] = collections.deque()
-        self._later: list[tuple[float, int, str]] = []  # (due, order, line): delayed answers
+        self._later: list[tuple[float, int, bytes]] = []  # (due, order, bytes): late answers
         self._order = 0
         self._buf = bytearray()
         self._tty = device.tty_name
@@ -207,11 +232,14 @@ class SkstackEmulator(EmulatorThread):
     def _c0(self) -> bool:
         return self.dialect == "bp35c0"
 
+    @property
+    def data_format(self) -> DataFormat:
+        return "hex" if self.option == 1 else "binary"
+
     # -- output ----------------------------------------------------------------------------
 
     def _line(self, text: str) -> None:
-        with self._write_lock, contextlib.suppress(TimeoutError):
-            self.device.write(text.encode() + b"\r\n")
+        self._write(text.encode() + b"\r\n")
 
     def _event(self, code: int, sender: str, param: int | None = None) -> None:
         side = " 0" if self._c0 else ""
@@ -227,17 +255,21 @@ class SkstackEmulator(EmulatorThread):
         with self._write_lock:
             self.device.write(data)
 
-    def _send_later(self, delay_s: float, line: str) -> None:
+    def _write(self, data: bytes) -> None:
+        with self._write_lock, contextlib.suppress(TimeoutError):
+            self.device.write(data)
+
+    def _send_later(self, delay_s: float, data: bytes) -> None:
         if delay_s <= 0:
-            self._line(line)
+            self._write(data)
             return
         self._order += 1
-        heapq.heappush(self._later, (time.monotonic() + delay_s, self._order, line))
+        heapq.heappush(self._later, (time.monotonic() + delay_s, self._order, data))
 
     def _flush_later(self) -> None:
         now = time.monotonic()
         while self._later and self._later[0][0] <= now:
-            self._line(heapq.heappop(self._later)[2])
+            self._write(heapq.heappop(self._later)[2])
 
     # -- transmit-time limit ---------------------------------------------------------------
 
@@ -342,6 +374,9 @@ class SkstackEmulator(EmulatorThread):
             "SKSENDTO": self._sksendto,
             "SKTERM": self._skterm,
         }
+        if self.opt_commands:
+            handlers["ROPT"] = self._ropt
+            handlers["WOPT"] = self._wopt
         if not self._c0:
             handlers["SKPING"] = self._skping
         return handlers
@@ -392,6 +427,16 @@ class SkstackEmulator(EmulatorThread):
             self.registers[reg] = f"{self._hex(args[1], 0x21, 0x3C):02X}"
         else:
             self.registers[reg] = f"{self._hex(args[1], 0, 0xFFFF):04X}"
+        self._line("OK")
+
+    def _ropt(self, args: list[str], payload: bytes | None) -> None:
+        self._argc(args, 0)
+        self._line(f"OK {self.option:02X}")
+
+    def _wopt(self, args: list[str], payload: bytes | None) -> None:
+        self._argc(args, 1)
+        self.option = self._hex(args[0], 0, 1)
+        self.flash_writes += 1
         self._line("OK")
 
     def _sksetrbid(self, args: list[str], payload: bytes | None) -> None:
@@ -471,7 +516,7 @@ class SkstackEmulator(EmulatorThread):
         self._line("OK")
         if self.meter_in_range and dest == self.meter.ipv6 and not self.transmit_limited:
             self._spend_airtime(8)  # ICMPv6 echo header
-            self._send_later(self.answer_delay_s, f"EPONG {dest}")
+            self._send_later(self.answer_delay_s, f"EPONG {dest}\r\n".encode())
 
     def _sksendto(self, args: list[str], payload: bytes | None) -> None:
         if payload is None:
@@ -505,8 +550,9 @@ class SkstackEmulator(EmulatorThread):
             return
         secured = 1 if sec and self.joined == dest else 0
         side_field = f" {side}" if self._c0 else ""
-        self._send_later(
-            self.answer_delay_s,
+        header = (
             f"ERXUDP {dest} {self.ipv6} {rport:04X} {_UDP_PORTS[handle]:04X} "
-            f"{self.meter.mac} {secured}{side_field} {len(answer):04X} {answer.hex().upper()}",
+            f"{self.meter.mac} {secured}{side_field} {len(answer):04X} "
         )
+        data = answer.hex().upper().encode() if self.option == 1 else answer
+        self._send_later(self.answer_delay_s, header.encode() + data + b"\r\n")

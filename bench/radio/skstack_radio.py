@@ -9,6 +9,12 @@ bytes. ``send_probe`` waits for the dongle's ``EVENT 21`` (the end of the local 
 not the meter's answer); a failed send (``EVENT 21 .. 01``, also while the ARIB transmit-time
 limit is active) is counted, the probe is then simply lost.
 
+Opened for a rig (:func:`bench.radio.registry.open_radio`) it is joined at once with the
+rig's ``route_b`` settings; ``join(known=...)`` rejoins a meter found before without a scan.
+Its first use asks ``ROPT`` how the dongle shows ERXUDP data (raw bytes or hex: both are
+read); ``write_ascii_option=True`` switches a binary one to hex with one ``WOPT 01`` (a flash
+write, so off by default).
+
 Counters in ``state()``: ``probes_sent``, ``send_failures``, ``echoes``, ``stray_echoes``
 (no probe with that TID outstanding), ``session_expiries`` (EVENT 29), ``session_ends``
 (EVENT 26/27/28), ``transmit_limit_on`` / ``transmit_limit_off`` (EVENT 32 / 33) and
@@ -47,6 +53,7 @@ from bench.radio.skstack_driver import (
     PanDescriptor,
     SkEvent,
     SkstackDriver,
+    SkstackError,
     UdpDatagram,
 )
 from bench.transport.serial import SerialPort
@@ -91,8 +98,11 @@ class SkstackRadio:
         handle: int = 1,
         sec: int = 1,
         send_timeout_s: float = 5.0,
+        write_ascii_option: bool = False,
     ) -> None:
-        self.driver = SkstackDriver(port, dialect=dialect, side=side)
+        self.driver = SkstackDriver(
+            port, dialect=dialect, side=side, write_ascii_option=write_ascii_option
+        )
         self.meter_eoj = meter_eoj
         self.handle = handle
         self.sec = sec
@@ -113,11 +123,12 @@ class SkstackRadio:
         name: str = "",
         dialect: Dialect = "bp35a1",
         reopen_deadline_s: float = 10.0,
+        write_ascii_option: bool = False,
     ) -> SkstackRadio:
         """Open the serial ``url`` and wrap it."""
         port = SerialPort(url, baudrate=baudrate, name=name, reopen_deadline_s=reopen_deadline_s)
         port.open()
-        return cls(port, dialect=dialect)
+        return cls(port, dialect=dialect, write_ascii_option=write_ascii_option)
 
     def __enter__(self) -> Self:
         return self
@@ -136,9 +147,10 @@ class SkstackRadio:
 
     def _ready(self) -> SkstackDriver:
         """The driver, with the port reopened if a lost device closed it (one-line error
-        when it is still gone)."""
+        when it is still gone) and, on first use, the ERXUDP data format asked (ROPT)."""
         if not self.driver.port.is_open:
             self.driver.port.open()
+        self.driver.ensure_data_format()
         return self.driver
 
     # -- Radio -----------------------------------------------------------------------------
@@ -283,32 +295,55 @@ class SkstackRadio:
         scan_timeout_s: float = 60.0,
         join_timeout_s: float = 40.0,
         attempts: int = 1,
+        channel: int | None = None,
+        known: MeterLink | None = None,
     ) -> MeterLink:
         """Set the Route-B credentials (when given), scan, pick the meter PAN with the best
-        LQI, set channel and PAN ID and authenticate with PANA. One-line errors throughout."""
+        LQI, set channel and PAN ID and authenticate with PANA. One-line errors throughout.
+
+        ``channel`` (0x21..0x3C) scans that channel only. ``known`` is a meter joined before
+        (by an earlier open of this dongle): it is joined again without a scan, and only if
+        that fails is the air scanned for it afresh.
+        """
         if attempts < 1:
             raise SkstackRadioError(f"{self.label}: attempts must be >= 1, got {attempts}")
         if (rbid is None) != (password is None):
             raise SkstackRadioError(
                 f"{self.label}: give both the Route-B ID and the password, or neither"
             )
+        if channel is not None and not 0x21 <= channel <= 0x3C:
+            raise SkstackRadioError(f"{self.label}: channel must be 0x21..0x3C, got {channel:#x}")
         self._ready()
         if rbid is not None and password is not None:
             self.driver.set_credentials(rbid, password)
+        if known is not None:
+            try:
+                return self._join_meter(known, join_timeout_s)
+            except SkstackError:
+                pass  # the meter may have moved channel or PAN after a restart: scan for it
+        mask = 0xFFFFFFFF if channel is None else 1 << (channel - 0x21)
         pans: list[PanDescriptor] = []
         for _ in range(attempts):
-            pans = self.driver.scan(scan_duration, scan_timeout_s)
+            pans = self.driver.scan(scan_duration, scan_timeout_s, channel_mask=mask)
             if pans:
                 break
         if not pans:
+            where = "" if channel is None else f" on channel {channel} ({channel:02X})"
             raise SkstackRadioError(
-                f"{self.label}: no smart meter PAN found in {attempts} scan(s) of duration "
-                f"{scan_duration}; check the meter is in range and Route-B service is enabled"
+                f"{self.label}: no smart meter PAN found{where} in {attempts} scan(s) of "
+                f"duration {scan_duration}; check the meter is in range and Route-B service "
+                "is enabled"
             )
         pan = max(pans, key=lambda p: p.lqi)
-        self.driver.set_register("S2", f"{pan.channel:02X}")
-        self.driver.set_register("S3", f"{pan.pan_id:04X}")
-        self.driver.join(pan.ipv6, join_timeout_s)  # SkstackError on EVENT 24
-        self.meter = MeterLink(pan.ipv6, pan.addr, pan.channel, pan.pan_id, pan.lqi)
+        meter = MeterLink(pan.ipv6, pan.addr, pan.channel, pan.pan_id, pan.lqi)
+        return self._join_meter(meter, join_timeout_s)
+
+    def _join_meter(self, meter: MeterLink, timeout_s: float) -> MeterLink:
+        """Tune to the meter's channel and PAN and authenticate (SkstackError on EVENT 24)."""
+        self.meter = None
+        self.driver.set_register("S2", f"{meter.channel:02X}")
+        self.driver.set_register("S3", f"{meter.pan_id:04X}")
+        self.driver.join(meter.ipv6, timeout_s)
+        self.meter = meter
         self._sweep()
-        return self.meter
+        return meter
