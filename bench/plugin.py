@@ -6,6 +6,7 @@ directory. Nothing happens unless a collected test uses one of the fixtures belo
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from bench.errors import BenchError
 from bench.faults.chaos import RandomFaults
 from bench.faults.chaos import from_env as random_faults
+from bench.faults.leaks import FaultLeaked, LeakCheck
 from bench.gateway import ConnectedGateway
 from bench.instruments.meter import ArraySupplyMeter, SupplyChannelMeter
 from bench.instruments.psu import PowerSupply
@@ -41,6 +43,7 @@ class PluginState:
         self.group: RunGroup | None = None  # pytest-xdist workers sharing one session
         self.testrunuid: str | None = None  # the controller's pytest-xdist run
         self.chaos: RandomFaults | None = None  # $FIELDRIG_RANDOM_FAULTS (soak runs)
+        self.leaks = LeakCheck(exempt=lambda f: self.chaos is not None and self.chaos.owns(f))
 
     @property
     def spec(self) -> Rig:
@@ -252,6 +255,58 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         uid, gateway=gateway, fleet=list(state.session.gateways), instruments=instruments
     ):
         return (yield)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Faults on before a test's setup are not its doing (see bench.faults.leaks)."""
+    _state(item.config).leaks.begin()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_fixture_setup(fixturedef: pytest.FixtureDef[Any], request: Any) -> Any:
+    """A fixture wider than a function owns the faults it applies until its teardown."""
+    leaks = _state(request.config).leaks
+    before = leaks.snapshot()
+    try:
+        return (yield)
+    finally:
+        if fixturedef.scope != "function":
+            leaks.adopt(fixturedef, before)
+
+
+def pytest_fixture_post_finalizer(fixturedef: pytest.FixtureDef[Any], request: Any) -> None:
+    _state(request.config).leaks.finalized(fixturedef)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    """A fault still on after its test's teardown is removed and fails the test's teardown
+    as a bench error (FaultLeaked), recorded in the run's events as fault_leaked."""
+    failure: BaseException | None = None
+    result = None
+    try:
+        result = yield
+    except BaseException as exc:
+        failure = exc
+    state = _state(item.config)
+    leaks = state.leaks.end()
+    if leaks and state.session is not None:
+        for leak in leaks:
+            state.session.store.record_event(
+                gateway=_gateway_param(item),
+                kind="fault_leaked",
+                message=json.dumps({"test": item.nodeid, "fault": leak.fault, "error": leak.error}),
+            )
+    if failure is not None:
+        raise failure
+    if leaks:
+        raise FaultLeaked(
+            f"{item.nodeid}: {len(leaks)} fault(s) outlived the test and were removed: "
+            f"{'; '.join(map(str, leaks))}; end each fault in its test (with fault: ... or "
+            "a FaultTimeline)"
+        )
+    return result
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -61,6 +61,8 @@ __all__ = [
     "PowerLink",
     "RadioLink",
     "Rig",
+    "RouteB",
+    "RouterBackhaul",
     "SshAuth",
     "SshDefaults",
     "SshEndpoint",
@@ -96,7 +98,7 @@ RIGS_DIR_ENV = "FIELDRIG_RIGS_DIR"
 
 _LOADER_KEYS = ("source_path", "file_sha256")  # fields the loader sets; never YAML keys
 _SECRET_KEYS = frozenset({"password", "passphrase", "private_key"})
-_NO_ECHO = frozenset({"password_env"})  # a mistyped value here may be the secret itself
+_NO_ECHO = frozenset({"password_env", "id_env"})  # a mistyped value here may be the secret itself
 _VISA_RESOURCE = re.compile(
     r"^(TCPIP\d*::[^:\s]+::\d{1,5}::SOCKET"
     r"|TCPIP\d*::[^:\s]+(::[^:\s]+)?::INSTR"
@@ -420,6 +422,46 @@ class AttenuatorLink(_Model):
     channel: ChannelNumber
 
 
+RouteBEnv = Annotated[
+    str,
+    StringConstraints(pattern=r"^[A-Z_][A-Z0-9_]*$"),
+    Field(
+        description="the NAME of an environment variable (A-Z, 0-9, _; such as "
+        "FIELDRIG_PI2_ROUTE_B_ID), never the secret itself"
+    ),
+]
+
+
+class RouteB(_Model):
+    """How a Route-B (skstack) dongle joins its smart meter. The Route-B ID and password
+    come from environment variables at run time, never from the rig file."""
+
+    id_env: RouteBEnv
+    password_env: RouteBEnv
+    scan_duration: StrictInt = Field(
+        default=6, ge=0, le=14, description="an SKSCAN duration exponent 0-14"
+    )
+    channel: StrictInt | None = Field(
+        default=None,
+        ge=0x21,
+        le=0x3C,
+        description="a Route-B channel 33-60 (EPANDESC prints it in hex, 21-3C)",
+    )
+    scan_attempts: StrictInt = Field(default=3, ge=1, le=10, description="an integer 1-10")
+    scan_timeout_s: Seconds = 60.0
+    join_timeout_s: Seconds = 40.0
+
+
+_NEEDS_DIALECT = (
+    "a skstack dongle needs dialect: bp35a1 or bp35c0 (SKVER does not tell them apart; a "
+    "BP35C0, BP35C2 or RL7023-11 dual-stack dongle is bp35c0)"
+)
+_NEEDS_ROUTE_B = (
+    "a skstack dongle needs route_b: {id_env: <ENV_VAR_NAME>, password_env: <ENV_VAR_NAME>} "
+    "to join its meter"
+)
+
+
 class RadioLink(_Model):
     """The radio dongle (mesh border router / Route-B) the gateway owns."""
 
@@ -428,6 +470,11 @@ class RadioLink(_Model):
         AfterValidator(_check_serial_port),
         Field(description="a device path such as /dev/ttyUSB0 or a pyserial URL"),
     ]
+    gateway_port: Annotated[str, AfterValidator(_check_serial_port)] | None = Field(
+        default=None,
+        description="where the gateway itself sees the dongle: a device path on the board "
+        "such as /dev/ttyACM0 or a pyserial URL (the virtual lab fills it in)",
+    )
     driver: Literal["spinel", "skstack"]
     dialect: Literal["bp35a1", "bp35c0"] | None = Field(
         default=None,
@@ -443,6 +490,24 @@ class RadioLink(_Model):
         description="a mapping with keys instrument, channel (the attenuator channel in line "
         "with this dongle's antenna)",
     )
+    route_b: RouteB | None = Field(
+        default=None,
+        description="a mapping with keys id_env, password_env (how a skstack dongle joins "
+        "its meter)",
+    )
+
+    @model_validator(mode="after")
+    def _skstack_keys(self) -> Self:
+        if self.driver != "skstack":
+            extra = next((k for k in ("dialect", "route_b") if getattr(self, k) is not None), None)
+            if extra is not None:
+                message = f"only a skstack dongle takes {extra}; remove it or set driver: skstack"
+                raise _Problems([((extra,), message)])
+        elif self.dialect is None:
+            raise _Problems([(("dialect",), _NEEDS_DIALECT)])
+        elif self.route_b is None:
+            raise _Problems([(("route_b",), _NEEDS_ROUTE_B)])
+        return self
 
 
 class NetnsBackhaul(_Model):
@@ -458,15 +523,26 @@ class LocalBackhaul(_Model):
     interface: InterfaceName
 
 
+class RouterBackhaul(_Model):
+    """The backhaul runs through a Linux or OpenWrt router the bench reaches over SSH; the
+    faults' nft and tc commands run there (its ssh block does not inherit ssh_defaults)."""
+
+    ssh: SshEndpoint = Field(
+        description="a mapping with keys host, port, user, auth, host_key (as a gateway's ssh)"
+    )
+    interface: InterfaceName
+
+
 class BackhaulLink(_Model):
-    """Where the gateway's WAN link can be impaired: exactly one of netns, local."""
+    """Where the gateway's WAN link can be impaired: exactly one of netns, local, router."""
 
     netns: NetnsBackhaul | None = None
     local: LocalBackhaul | None = None
+    router: RouterBackhaul | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> Self:
-        _exactly_one({"netns": self.netns, "local": self.local})
+        _exactly_one({"netns": self.netns, "local": self.local, "router": self.router})
         return self
 
 
@@ -620,6 +696,11 @@ class VirtualMesh(_Model):
             description="simulated seconds per wall second, above 0 and at most 100",
         ),
     ] = 1.0
+    contention: StrictBool = Field(
+        default=False,
+        description="true or false: model CCA, collisions and half-duplex radios on top of "
+        "the calibrated links (see bench/mesh/sim.py MeshConfig.contention)",
+    )
     per_gateway: dict[Slug, MeshOverride] = Field(
         default_factory=dict,
         description="a mapping of gateway name to {meters: N} (that gateway's own mesh size)",

@@ -2,27 +2,35 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bench.errors import BenchError
-from bench.faults import LinkTarget, Protection, backend_report, clear_stale
+from bench.faults import (
+    LinkTarget,
+    Protection,
+    Router,
+    backend_report,
+    clear_stale,
+    routers_of,
+)
 from bench.fleet.inventory import collect_inventory
 from bench.gateway import ConnectedGateway
 from bench.instruments.meter import ArraySupplyMeter, SupplyChannelMeter, supply_meter
 from bench.instruments.psu import PowerSupply, SafeExitGuard, safe_on_exit
 from bench.instruments.registry import open_supply
-from bench.lab.radio_plan import CONTROL_SOCKET, radio_dir, virtual_radios
-from bench.lab.virtual import VirtualLab
+from bench.lab.radio_plan import CONTROL_SOCKET, radio_dir, virtual_meshes, virtual_radios
+from bench.lab.virtual import VirtualLab, seen_from_gateway
 from bench.locks import FileLock, take_rig
 from bench.mesh.control import MeshControl
 from bench.radio.capability import Radio
-from bench.radio.registry import open_radio
+from bench.radio.registry import RadioSetupError, open_radio
 from bench.reservation import GatewayPlaces, hold_places, release_places
 from bench.results import RunStore
 from bench.rig import AttenuatorChannel, Rig
@@ -30,6 +38,7 @@ from bench.transport.serial import SerialPort
 
 if TYPE_CHECKING:
     from bench.instruments.attenuator import Attenuator
+    from bench.radio.skstack_radio import MeterLink
 
 HEALTH_DEADLINE_S = 20.0
 
@@ -54,6 +63,8 @@ class BenchSession:
     places: GatewayPlaces | None = None  # labgrid places held (rig has a coordinator)
     _guards: dict[str, SafeExitGuard] = field(default_factory=dict)
     _ports: list[SerialPort] = field(default_factory=list)
+    _meters: dict[str, MeterLink] = field(default_factory=dict)  # Route-B: port -> meter joined
+    _radio_failed: dict[str, str] = field(default_factory=dict)  # gateway -> why its radio failed
 
     @property
     def name(self) -> str:
@@ -82,24 +93,37 @@ class BenchSession:
         self.say(f"fieldrig: {text}")
 
     def radio(self, name: str) -> Radio:
-        """The gateway's radio dongle through its driver (port transcript kept in the run)."""
+        """The gateway's radio dongle through its driver (port transcript kept in the run),
+        ready to probe: a Route-B dongle has joined its meter. A dongle that cannot be made
+        ready is an infrastructure error, reported once; later calls repeat it at once."""
         link = self.spec.gateway(name).radio
         if link is None:
             raise BenchError(f"gateway {name} has no radio in rig '{self.spec.name}'")
-        return open_radio(link, self.radio_port(name))
+        if name in self._radio_failed:
+            raise RadioSetupError(self._radio_failed[name])
+        where = f"{self.spec.source_path or self.spec.name}: gateway {name}"
+        port = self.radio_port(name)
+        try:
+            return open_radio(link, port, where=where, meters=self._meters)
+        except RadioSetupError as exc:
+            port.close()
+            self._radio_failed[name] = str(exc)
+            self.store.record_event(gateway=name, kind="radio_failed", message=str(exc))
+            self.say(f"fieldrig: INFRASTRUCTURE ERROR radio of gateway {name} unavailable: {exc}")
+            raise
 
     def mesh_time_scale(self, name: str) -> float:
         """Mesh seconds per wall second behind the gateway's dongle: the virtual mesh's
         ``time_scale`` for an emulated dongle, 1 for a real one."""
         if self.spec.virtual is not None and any(
-            r.gateway == name for r in virtual_radios(self.spec)
+            r.gateway == name for r in virtual_meshes(self.spec)
         ):
             return float(self.spec.virtual.mesh.time_scale)
         return 1.0
 
     def mesh_control(self, name: str) -> MeshControl:
         """Meter power and interference for the gateway's emulated mesh (virtual lab only)."""
-        if not any(r.gateway == name for r in virtual_radios(self.spec)):
+        if not any(r.gateway == name for r in virtual_meshes(self.spec)):
             raise BenchError(
                 f"gateway {name} has no emulated mesh; meter power control exists only in "
                 "the virtual lab"
@@ -133,6 +157,42 @@ class BenchSession:
         port.open()
         self._ports.append(port)
         return port
+
+    def radio_gateway_port(self, name: str) -> str:
+        """Where the gateway itself sees its dongle: the rig's ``radio.gateway_port``, or the
+        pty of a dongle the virtual lab emulates, as the gateway's mount namespace shows it."""
+        link = self.spec.gateway(name).radio
+        if link is None:
+            raise BenchError(f"gateway {name} has no radio in rig '{self.spec.name}'")
+        if link.gateway_port is not None:
+            return link.gateway_port
+        emulated = next((r.path for r in virtual_radios(self.spec) if r.gateway == name), None)
+        if emulated is None:
+            raise BenchError(
+                f"rig '{self.spec.name}', gateway {name}: radio.gateway_port is not set, so the "
+                "bench cannot tell where the gateway sees its dongle; add it (e.g. "
+                "gateway_port: /dev/ttyACM0)"
+            )
+        seen = seen_from_gateway(emulated)
+        if seen is None:
+            raise BenchError(
+                f"rig '{self.spec.name}': the emulated dongle {emulated} lies where each gateway "
+                "has a private directory; move virtual.state_dir out of /root and /tmp"
+            )
+        return str(seen)
+
+    @contextlib.contextmanager
+    def released_radio(self, name: str) -> Iterator[None]:
+        """The bench's own handles on the gateway's dongle closed while the block runs (a
+        dongle has one opener: the gateway drives it meanwhile), reopened after it."""
+        ports = [p for p in self._ports if p.name == f"{name}-radio" and p.is_open]
+        for port in ports:
+            port.close()
+        try:
+            yield
+        finally:
+            for port in ports:
+                port.open()
 
     @property
     def healthy(self) -> list[ConnectedGateway]:
@@ -242,22 +302,35 @@ class BenchSession:
             {
                 gw.backhaul.netns.namespace if gw.backhaul.netns else None
                 for gw in self.spec.gateways
-                if gw.backhaul is not None
+                if gw.backhaul is not None and gw.backhaul.router is None
             },
             key=lambda ns: ns or "",
         )
-        if not namespaces:
-            return
-        try:
-            report = backend_report()
-        except BenchError as exc:  # e.g. not root: faults will say so when used
-            report = {"error": str(exc)}
-        self.store.record_event(
-            gateway=None, kind="link_fault_backends", message=json.dumps(report)
-        )
-        for stale in clear_stale(namespaces):
-            self.store.record_event(gateway=None, kind="stale_fault_removed", message=str(stale))
-            say(f"fieldrig: removed a stale fault left by a killed run: {stale}")
+        places: list[tuple[str | None, list[Router]]] = [(None, [])] if namespaces else []
+        places += [(router.label, [router]) for router in routers_of(self.spec)]
+        for label, routers in places:  # the bench host, then each router over SSH
+            try:
+                report = backend_report(routers[0] if routers else None)
+            except BenchError as exc:  # e.g. not root: faults will say so when used
+                report = {"error": str(exc), "where": label or "bench host"}
+            self.store.record_event(
+                gateway=None, kind="link_fault_backends", message=json.dumps(report)
+            )
+            try:
+                removed = clear_stale(namespaces if label is None else [], routers)
+            except BenchError as exc:  # an unreachable router: its faults fail when used
+                if label is None:
+                    raise
+                self.store.record_event(
+                    gateway=None, kind="stale_fault_check_failed", message=str(exc)
+                )
+                say(f"fieldrig: INFRASTRUCTURE ERROR stale faults not checked: {exc}")
+                continue
+            for stale in removed:
+                self.store.record_event(
+                    gateway=None, kind="stale_fault_removed", message=str(stale)
+                )
+                say(f"fieldrig: removed a stale fault left by a killed run: {stale}")
 
     def backhaul(self, name: str) -> LinkTarget:
         """Where the gateway's backhaul can be impaired (never its management link)."""

@@ -2,9 +2,10 @@
 
 ICMPv6 echoes go from SpinelRadio over a real pty into the virtual border router (the mesh
 at 10x real time) to the meters one hop away. The root's radio sends one probe frame at a
-time (CSMA backoff, frame, turnaround, ACK), so delivered probes per mesh second cannot
-exceed 1 / (mean backoff + CCA + turnaround + frame airtime + turnaround + ACK airtime):
-that is the airtime limit. Below it delivery follows the offered rate; above it the root's
+time (CSMA backoff, frame, turnaround, ACK) and, half-duplex, cannot send while it receives
+the echo (frame, turnaround, its ACK), so delivered probes per mesh second cannot exceed
+1 / (mean backoff + CCA + both frames + two turnarounds + two ACKs): the airtime limit.
+Below it delivery follows the offered rate; above it the root's
 queue overflows and the delivered rate flattens at (a little under) the limit.
 """
 
@@ -37,13 +38,19 @@ RATE_BPS = 50_000
 
 
 def airtime_limit_hz() -> float:
-    """Probes per second the root's radio can put on the air (first attempts only)."""
+    """Probes per second the root's half-duplex radio can handle (first attempts only): it
+    sends each probe (backoff, CCA, turnaround, frame, ACK) and receives its echo (frame, then
+    its own ACK), and cannot do both at once."""
     frame = PAYLOAD + 8 + FRAME_OVERHEAD_OCTETS + SOURCE_ROUTE_OCTETS  # + ICMPv6 echo header
+    echo = PAYLOAD + 8 + FRAME_OVERHEAD_OCTETS
     per_probe = (
         mean_backoff_s(0, RATE_BPS)
         + CCA_SYMBOLS / RATE_BPS
         + TURNAROUND_S
         + frame_airtime_s(frame, RATE_BPS)
+        + TURNAROUND_S
+        + ack_airtime_s(RATE_BPS)
+        + frame_airtime_s(echo, RATE_BPS)
         + TURNAROUND_S
         + ack_airtime_s(RATE_BPS)
     )

@@ -69,6 +69,15 @@ def test_per_gateway_meters_override_the_default(tmp_path: Path) -> None:
     ]
 
 
+def test_mesh_contention_reaches_every_simulated_mesh() -> None:
+    default = parse_rig(fleet_rig("mesh:\n  meters: 40\n", radios=2), "fleet.yaml")
+    assert {r.config.contention for r in virtual_radios(default)} == {False}
+    rig = parse_rig(fleet_rig("mesh:\n  meters: 40\n  contention: true\n", radios=2), "f.yaml")
+    assert {r.config.contention for r in virtual_radios(rig)} == {True}
+    with pytest.raises(RigError, match=r"virtual.mesh.contention: .*true or false"):
+        parse_rig(fleet_rig("mesh:\n  contention: maybe\n", radios=2), "f.yaml")
+
+
 @pytest.mark.parametrize(
     ("entry", "message"),
     [

@@ -12,7 +12,10 @@ from pathlib import Path
 import pytest
 
 from bench.lab.mesh_ncp import NCP_VERSION, MeshNcp
+from bench.lab.radio import RadioLab
+from bench.lab.radio_plan import CONTROL_SOCKET, radio_dir
 from bench.mesh.airtime import frame_airtime_s
+from bench.mesh.control import MeshControl
 from bench.mesh.loss import summarize
 from bench.mesh.probing import Prober, periodic_schedule
 from bench.mesh.sim import MeshConfig
@@ -20,6 +23,7 @@ from bench.radio.icmpv6 import ECHO_REQUEST, Echo
 from bench.radio.spinel import Prop, Status, pack_data_wlen
 from bench.radio.spinel_driver import SpinelStatusError
 from bench.radio.spinel_radio import SpinelRadio
+from bench.rig import parse_rig
 from bench.transport.ptyport import PtyDevice
 from bench.transport.serial import SerialPort
 
@@ -136,3 +140,77 @@ def test_attenuation_raises_loss_on_the_first_hop(radio: SpinelRadio, ncp: MeshN
     faded = summarize(prober.run(first_hop, periodic_schedule(0.3, 40)))
     ncp.set_attenuation_db(0)
     assert faded.ci_low > clean.ci_high
+
+
+RADIO_RIG = """
+name: t54
+virtual:
+  state_dir: {state_dir}
+  management_subnet: 10.213.54.0/24
+  backhaul_subnet: 10.214.54.0/24
+  lab_id: t54
+  mesh: {{meters: 40, seed: 3, time_scale: 10}}
+ssh_defaults:
+  user: root
+  auth: {{identity_file: "{{state_dir}}/id_ed25519"}}
+  host_key: {{known_hosts: "{{state_dir}}/known_hosts"}}
+gateways:
+  - name: gw1
+    board: rpi4
+    radio: {{port: "{{state_dir}}/radio/gw1", driver: spinel}}
+"""
+
+
+def test_interference_bursts_and_link_faults_through_the_control_socket(tmp_path: Path) -> None:
+    """The lab's real control socket in front of a running MeshNcp: bursts start and stop on
+    request, the answer places them on the mesh clock, and probes sent through the dongle
+    inside bursts are lost more than those clear of them (95 % intervals)."""
+    rig = parse_rig(RADIO_RIG.format(state_dir=tmp_path), "t54.yaml")
+    lab = RadioLab(rig)
+    lab.start()
+    try:
+        control = MeshControl(radio_dir(rig) / CONTROL_SOCKET, "gw1")
+        port = SerialPort(str(radio_dir(rig) / "gw1"), name="gw1")
+        port.open()
+        radio = SpinelRadio(port)
+        try:
+            routes = radio.topology().routes
+            targets = [(r.destination, r.hops) for r in routes if r.hops <= 2][:8]
+            plan = control.interference_start(
+                rate_per_s=0.1, mean_burst_s=4.0, penalty_db=12.0, duration_s=200.0, seed=5
+            )
+            assert plan["bursts"] and all(b["penalty_db"] == 12.0 for b in plan["bursts"])
+            tmax = 4.0
+            records = Prober(radio, tmax_s=tmax, time_scale=SCALE).run(
+                targets, periodic_schedule(0.25, 320)
+            )
+            stopped = control.interference_stop()
+            # a degraded link through the same socket: listed, then restored
+            a, b = routes[0].destination, routes[0].next_hop
+            if a == b:
+                b = radio.local_address()
+            degraded = control.degrade_link(a, b, 6.0)["degraded_links"]
+            assert [(d["db"]) for d in degraded] == [6.0]
+            assert control.degrade_link(a, b, 0.0)["degraded_links"] == []
+        finally:
+            radio.close()
+    finally:
+        lab.stop()
+    bursts = [(x["start_s"], x["end_s"]) for x in stopped["bursts"]]
+    assert bursts and stopped["now_s"] >= bursts[-1][1]
+    clock = stopped["clock"]
+
+    def mesh_time(ns: int) -> float:
+        return float(clock["sim_s"] + (ns - clock["monotonic_ns"]) * SCALE / 1e9)
+
+    inside, outside = [], []
+    for record in records:
+        start = mesh_time(record.sent_ns)
+        end = start + (record.rtt_s if record.rtt_s is not None else tmax)
+        if any(s <= start and end <= e for s, e in bursts):
+            inside.append(record)
+        elif not any(start <= e and s <= end for s, e in bursts):
+            outside.append(record)
+    assert len(inside) >= 30 and len(outside) >= 100, (len(inside), len(outside))
+    during, clear = summarize(inside), summarize(outside)
+    assert during.ci_low > clear.ci_high, (during.interval, clear.interval)

@@ -1,9 +1,12 @@
 """`pytest suites/test_mesh.py` on one virtual gateway, end to end: every probe's fate, loss
 with intervals by hop count, the attenuation sweep, recovery time and the backhaul
-partition are in the run's records, and no fault or attenuation outlives the run."""
+partition are in the run's records, and no fault or attenuation outlives the run. Delivery
+with the backhaul down is measured on the gateway itself (origin=gateway), with the bench's
+own handle on the dongle released meanwhile (tests/test_remote_probe.py checks that part)."""
 
 from __future__ import annotations
 
+import collections
 import json
 import subprocess
 import sys
@@ -36,8 +39,15 @@ def test_mesh_suite_records_loss_sweep_and_recovery(
 
     probes = by_metric["mesh.probe.delivered"]
     assert len(probes) >= 120 + 4 * 80  # delivery + sweep steps (+ recovery, backhaul)
-    fields = {"seq", "destination", "hops", "sent_ns", "rtt_s", "lost", "late"}
+    fields = {"seq", "destination", "hops", "sent_ns", "rtt_s", "lost", "late", "hops_source"}
     assert all(fields <= set(p["parameters"]) for p in probes)
+    probing = {
+        "test_delivery_by_hop_count",
+        "test_attenuation_sweep",
+        "test_recovery_after_parent_dies",
+        "test_mesh_delivery_with_backhaul_down",
+    }
+    assert probing <= {str(r["test"]) for r in by_metric["mesh.tmax"]}  # Tmax wherever it probes
 
     lows = {r["parameters"]["hops"]: r["value"] for r in by_metric["mesh.delivery.loss_ci_low"]}
     highs = {r["parameters"]["hops"]: r["value"] for r in by_metric["mesh.delivery.loss_ci_high"]}
@@ -52,11 +62,34 @@ def test_mesh_suite_records_loss_sweep_and_recovery(
 
     (worst,) = by_metric["mesh.recovery_time_max"]
     assert 0 < worst["value"] <= 600
-    assert by_metric["mesh.delivery_backhaul_down.sent"][0]["value"] == 120
+    (confirmed,) = by_metric["mesh.recovery_confirmed_time_max"]
+    assert confirmed["value"] >= worst["value"]  # the streak's first answer comes first
+    firsts = {r["parameters"]["child"]: r["value"] for r in by_metric["mesh.recovery_time"]}
+    thirds = {
+        r["parameters"]["child"]: r["value"] for r in by_metric["mesh.recovery_confirmed_time"]
+    }
+    assert firsts.keys() == thirds.keys() and all(firsts[c] <= thirds[c] for c in firsts)
+    (children,) = by_metric["mesh.recovery_children"]
+    assert len(by_metric["mesh.recovery_hops"]) == children["value"]  # re-read after recovery
+
+    down = {r["parameters"]["hops"]: r for r in by_metric["mesh.delivery_backhaul_down.sent"]}
+    assert down["all"]["value"] == 120 and down["all"]["parameters"]["origin"] == "gateway"
+    assert set(down) - {"all"} <= {1, 2, 3}  # the meters the delivery floor is for
+    from_gateway = [p for p in probes if p["parameters"].get("origin") == "gateway"]
+    assert len(from_gateway) >= 120
+    assert all(p["parameters"]["backhaul"] == "down" for p in from_gateway)
 
     events = [json.loads(line) for line in (run_dir / "events.jsonl").open()]
-    kinds = [e["kind"] for e in events if e["kind"].startswith("fault_")]
-    assert kinds == ["fault_apply", "fault_remove"]
+    faults = [(e["kind"], json.loads(e["message"])["kind"]) for e in events
+              if e["kind"].startswith("fault_")]  # fmt: skip
+    partition = [action for action, kind in faults if kind == "partition"]
+    assert partition == ["fault_apply", "fault_remove"]  # the backhaul-down test's
+    bursts = collections.Counter(action for action, kind in faults if kind == "interference_burst")
+    assert bursts["fault_apply"] == bursts["fault_remove"] >= 1, faults  # the interference test's
+    assert {kind for _, kind in faults} == {"partition", "interference_burst"}
+    loss = {(r["parameters"]["bursts"], r["parameters"]["hops"]): r["value"]
+            for r in by_metric["mesh.interference.loss"]}  # fmt: skip
+    assert loss[("inside", "all")] > loss[("outside", "all")], loss  # by hops too
     assert not find_stale(["fr-virtual-gw1"])
     attenuator = open_attenuator("att1", virtual_rig.attenuators["att1"])
     try:

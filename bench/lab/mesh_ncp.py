@@ -96,7 +96,7 @@ class MeshNcp:
             (Prop.CNTR_RX_PKT_TOTAL, "root_received"),
         ):
             e.add_property(prop, self._counter_getter(name))
-        e.add_property(Prop.CNTR_TX_ERR_CCA, lambda: pack_u32(0))  # collisions not modelled
+        e.add_property(Prop.CNTR_TX_ERR_CCA, self._counter_getter("channel_access_failures"))
         e.add_stream(Prop.STREAM_NET, self._from_host)
 
     # -- properties ------------------------------------------------------------------------
@@ -235,7 +235,17 @@ class MeshNcp:
             self.sim.set_attenuation_db(db)
 
     def control(self, op: str, **args: Any) -> dict[str, Any]:
-        """One control request (power_off / power_on / interference / stats)."""
+        """One control request; the answer always carries the clock, counters, interference
+        bursts (sim time) and degraded links.
+
+        Ops: ``power_off`` / ``power_on`` (``node``); ``interference`` (``duration_s``,
+        ``extra_loss_db``: one burst over the mesh); ``interference_start`` (``rate_per_s``,
+        ``mean_burst_s``, ``penalty_db``, ``duration_s``, optional ``center`` address with
+        ``radius_m``, ``seed``: see :meth:`MeshSimulator.start_interference`);
+        ``interference_stop``; ``degrade_link`` (``node``, ``peer`` address, ``db``); ``stats``.
+        ``clock`` pairs a simulated time with the host's ``time.monotonic_ns()`` at that
+        moment, so a client maps its own probe times onto the bursts.
+        """
         with self.lock:
             sim = self.sim
             if op == "power_off":
@@ -244,12 +254,46 @@ class MeshNcp:
                 sim.power_on(int(args["node"]))
             elif op == "interference":
                 sim.interference(float(args["duration_s"]), float(args["extra_loss_db"]))
+            elif op == "interference_start":
+                self._catch_up()
+                center = args.get("center")
+                radius = args.get("radius_m")
+                seed = args.get("seed")
+                sim.start_interference(
+                    float(args["rate_per_s"]),
+                    float(args["mean_burst_s"]),
+                    float(args["penalty_db"]),
+                    float(args["duration_s"]),
+                    center=None if center is None else sim.node_of(str(center)),
+                    radius_m=None if radius is None else float(radius),
+                    seed=None if seed is None else int(seed),
+                )
+            elif op == "interference_stop":
+                self._catch_up()
+                sim.stop_interference()
+            elif op == "degrade_link":
+                sim.degrade_link(int(args["node"]), sim.node_of(str(args["peer"])),
+                                 float(args["db"]))  # fmt: skip
             elif op != "stats":
                 raise ValueError(f"unknown mesh control operation {op!r}")
+            monotonic_ns = time.monotonic_ns()
             return {
                 "now_s": sim.now,
                 "time_scale": self.time_scale,
                 "lag_s": self.lag_s,
                 "meters": sim.meters,
                 "counters": dict(sim.counters) | self.counters,
+                "clock": {
+                    "sim_s": self._sim0 + (monotonic_ns / 1e9 - self._wall0) * self.time_scale,
+                    "monotonic_ns": monotonic_ns,
+                },
+                "bursts": [b.to_dict() for b in sim.bursts],
+                "degraded_links": [
+                    {"a": sim.address(a), "b": sim.address(b), "db": db}
+                    for a, b, db in sim.degraded_links()
+                ],
             }
+
+    def _catch_up(self) -> None:
+        """Bring the mesh to the clock's time, so a fault starts at the right mesh time."""
+        self._deliver(self.sim.run_until(max(self.sim.now, self.sim_time_now())))

@@ -813,6 +813,15 @@ def _listens(port: int) -> bool:
     return False
 
 
+def seen_from_gateway(path: Path) -> Path | None:
+    """``path`` as a process in a virtual gateway sees it (its mount namespace is a copy of
+    the host's), or None where the gateway has its own copy of the directory instead
+    (``PRIVATE_DIRS``): the gateway-side prober opens an emulated dongle's pty this way."""
+    if any(path == d or d in path.parents for d in PRIVATE_DIRS):
+        return None
+    return path
+
+
 def power_supply_of(rig: Rig) -> tuple[str, int] | None:
     """(instrument name, port) of the PSU the rig expects on 127.0.0.1 (the virtual supply)."""
     for name, instrument in rig.instruments.items():

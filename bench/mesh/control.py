@@ -1,5 +1,6 @@
 """Client of the virtual lab's mesh control socket (see :mod:`bench.lab.radio`): power
-meters off and on, raise interference, read the simulator's clock and counters.
+meters off and on, degrade one link, raise interference (one burst, or a seeded Poisson
+process of bursts), read the simulator's clock, counters and bursts.
 
 This is the lab-side lever a real bench pulls by hand (a meter's fuse, a jammer); only the
 virtual lab has it, so suites that need it ask for the ``meter_power`` capability.
@@ -57,6 +58,40 @@ class MeshControl:
     def interference(self, duration_s: float, extra_loss_db: float) -> dict[str, Any]:
         """Raise every link's loss by ``extra_loss_db`` for ``duration_s`` simulated seconds."""
         return self._call("interference", duration_s=duration_s, extra_loss_db=extra_loss_db)
+
+    def interference_start(
+        self,
+        *,
+        rate_per_s: float,
+        mean_burst_s: float,
+        penalty_db: float,
+        duration_s: float,
+        center: str | None = None,
+        radius_m: float | None = None,
+        seed: int | None = None,
+    ) -> dict[str, Any]:
+        """Start an interferer for ``duration_s`` simulated seconds: bursts arrive as a
+        Poisson process of ``rate_per_s``, last ``mean_burst_s`` on average and lower the
+        margin of every link within ``radius_m`` of the meter at ``center`` (every link
+        without one) by ``penalty_db``. The answer's ``bursts`` lists them in mesh time."""
+        return self._call(
+            "interference_start",
+            rate_per_s=rate_per_s,
+            mean_burst_s=mean_burst_s,
+            penalty_db=penalty_db,
+            duration_s=duration_s,
+            center=center,
+            radius_m=radius_m,
+            seed=seed,
+        )
+
+    def interference_stop(self) -> dict[str, Any]:
+        """End every burst now; the answer's ``bursts`` are the ones that happened."""
+        return self._call("interference_stop")
+
+    def degrade_link(self, address: str, peer: str, db: float) -> dict[str, Any]:
+        """Lower the margin of the one link between two nodes by ``db`` (0 restores it)."""
+        return self._call("degrade_link", address=address, peer=peer, db=db)
 
     def stats(self) -> dict[str, Any]:
         """Simulated clock, time scale, lag and counters of this gateway's mesh."""

@@ -6,6 +6,12 @@ read as three transmissions in total, i.e. the first plus two retries; the 802.1
 macMaxFrameRetries = 3 may send up to four, see :func:`GilbertElliott.delivery_within`).
 Independent 15 % loss would give 1 - 0.15**3 = 99.66 % within three; the measured 94 % says
 losses are bursty, hence the two-state channel.
+
+This module is the ONE Gilbert-Elliott implementation: :class:`GilbertElliott` (one link with
+its own generator) and the mesh simulator (:mod:`bench.mesh.sim`, one state per directed link,
+parameters following each link's current margin) both step the chain with
+:func:`gilbert_step`, draw a fresh state with :func:`gilbert_fresh_state` and take their
+parameters from :func:`gilbert_rates` / :func:`gilbert_from_margin`.
 """
 
 from __future__ import annotations
@@ -53,19 +59,57 @@ def link_margin_db(
     return tx_power_dbm - loss_db - noise_dbm
 
 
+_M50_DB = TYPICAL_MARGIN_DB - MARGIN_SLOPE_DB * math.log(
+    TYPICAL_FIRST_ATTEMPT / (1 - TYPICAL_FIRST_ATTEMPT)
+)
+"""Margin of 50 % first-attempt delivery."""
+P_BAD_CAP = 0.999
+"""Stationary P(Bad) is capped here so even a hopeless link can leave its Bad state."""
+
+
 def delivery_probability(margin_db: float) -> float:
     """First-attempt delivery for a link margin: a logistic curve in dB.
 
     P(margin) = 1 / (1 + exp(-(margin - m50) / s)) with s = MARGIN_SLOPE_DB and m50 chosen so
     P(TYPICAL_MARGIN_DB) = 0.85: m50 = TYPICAL_MARGIN_DB - s ln(0.85 / 0.15).
     """
-    m50 = TYPICAL_MARGIN_DB - MARGIN_SLOPE_DB * math.log(
-        TYPICAL_FIRST_ATTEMPT / (1 - TYPICAL_FIRST_ATTEMPT)
-    )
-    x = (margin_db - m50) / MARGIN_SLOPE_DB
+    x = (margin_db - _M50_DB) / MARGIN_SLOPE_DB
     if x < -700:
         return 0.0
     return 1.0 / (1.0 + math.exp(-x))
+
+
+def delivery_probability_array(margin_db: np.ndarray) -> np.ndarray:
+    """:func:`delivery_probability` for many margins at once (same curve)."""
+    x = np.clip((np.asarray(margin_db, dtype=float) - _M50_DB) / MARGIN_SLOPE_DB, -700.0, 700.0)
+    return np.asarray(1.0 / (1.0 + np.exp(-x)), dtype=float)
+
+
+def gilbert_step(
+    bad: bool,
+    u_loss: float,
+    u_flip: float,
+    p_good_to_bad: float,
+    p_bad_to_good: float,
+    loss_good: float = 0.0,
+    loss_bad: float = 1.0,
+) -> tuple[bool, bool]:
+    """One attempt on a Gilbert-Elliott channel in state ``bad``, given two uniforms.
+
+    Returns (delivered, next state): the attempt is lost with the state's loss rate
+    (``u_loss < loss``), then the state flips with the state's transition probability
+    (``u_flip < p``). Every user of the channel model goes through this function.
+    """
+    delivered = u_loss >= (loss_bad if bad else loss_good)
+    if u_flip < (p_bad_to_good if bad else p_good_to_bad):
+        bad = not bad
+    return delivered, bad
+
+
+def gilbert_fresh_state(u: float, p_bad: float) -> bool:
+    """A state drawn from the stationary distribution (after a long idle gap): Bad when
+    ``u < p_bad``."""
+    return u < p_bad
 
 
 @dataclass
@@ -103,27 +147,30 @@ class GilbertElliott:
 
     def forget(self) -> None:
         """Draw the state from the stationary distribution (a long idle gap between frames)."""
-        self.bad = bool(self.rng.random() < self.stationary_bad)
+        self.bad = gilbert_fresh_state(float(self.rng.random()), self.stationary_bad)
 
     def transmit(self) -> bool:
-        """One attempt: True when delivered. Then the state steps."""
-        loss = self.loss_bad if self.bad else self.loss_good
-        delivered = bool(self.rng.random() >= loss)
-        flip = self.p_bad_to_good if self.bad else self.p_good_to_bad
-        if self.rng.random() < flip:
-            self.bad = not self.bad
+        """One attempt: True when delivered. Then the state steps (:func:`gilbert_step`)."""
+        u = self.rng.random(2)
+        delivered, self.bad = gilbert_step(
+            self.bad,
+            float(u[0]),
+            float(u[1]),
+            self.p_good_to_bad,
+            self.p_bad_to_good,
+            self.loss_good,
+            self.loss_bad,
+        )
         return delivered
 
     def transmit_many(self, n: int) -> np.ndarray:
-        """``n`` consecutive attempts (same stream semantics as :meth:`transmit`, faster)."""
-        u = self.rng.random((n, 2))
+        """``n`` consecutive attempts (the same stream as ``n`` calls of :meth:`transmit`)."""
+        u = self.rng.random((n, 2)).tolist()
         out = np.empty(n, dtype=bool)
         bad = self.bad
         lg, lb, pgb, pbg = self.loss_good, self.loss_bad, self.p_good_to_bad, self.p_bad_to_good
-        for i in range(n):
-            out[i] = u[i, 0] >= (lb if bad else lg)
-            if u[i, 1] < (pbg if bad else pgb):
-                bad = not bad
+        for i, (u_loss, u_flip) in enumerate(u):
+            out[i], bad = gilbert_step(bad, u_loss, u_flip, pgb, pbg, lg, lb)
         self.bad = bad
         return out
 
@@ -171,24 +218,40 @@ def gilbert_params(first_attempt: float, within_k: float, k: int = 3) -> tuple[f
 _TYPICAL_P, TYPICAL_R = gilbert_params(TYPICAL_FIRST_ATTEMPT, TYPICAL_WITHIN_THREE, 3)
 
 
-def gilbert_rates(p_bad: float) -> tuple[float, float]:
-    """(p_good_to_bad, p_bad_to_good) of a Gilbert link whose stationary P(Bad) is ``p_bad``.
+def gilbert_rates_array(p_bad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(p_good_to_bad, p_bad_to_good) of Gilbert links whose stationary P(Bad) is ``p_bad``.
 
     The typical burst length is kept (r = TYPICAL_R, p = r piB / (1 - piB)) while p <= 1;
     for links worse than that (piB > 1 / (1 + r)) p is 1 and the bursts lengthen instead,
     r = (1 - piB) / piB, so the stationary loss stays exactly piB.
     """
-    p = TYPICAL_R * p_bad / (1 - p_bad)
-    if p <= 1.0:
-        return p, TYPICAL_R
-    return 1.0, (1 - p_bad) / p_bad
+    pb = np.asarray(p_bad, dtype=float)
+    p = TYPICAL_R * pb / (1.0 - pb)
+    worse = p > 1.0
+    r = np.where(worse, (1.0 - pb) / np.where(worse, pb, 1.0), TYPICAL_R)
+    return np.minimum(p, 1.0), r
+
+
+def gilbert_rates(p_bad: float) -> tuple[float, float]:
+    """:func:`gilbert_rates_array` for one link."""
+    p, r = gilbert_rates_array(np.array([p_bad]))
+    return float(p[0]), float(r[0])
+
+
+def gilbert_from_margin(margin_db: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(p_good_to_bad, p_bad_to_good, stationary P(Bad)) of classic Gilbert links (lG = 0,
+    lB = 1) for many margins: P(Bad) = 1 - :func:`delivery_probability`, capped at
+    :data:`P_BAD_CAP`; rates from :func:`gilbert_rates_array`."""
+    pb = np.minimum(1.0 - delivery_probability_array(margin_db), P_BAD_CAP)
+    p, r = gilbert_rates_array(pb)
+    return p, r, pb
 
 
 def link_from_margin(margin_db: float, rng: np.random.Generator) -> GilbertElliott:
     """A Gilbert link whose first-attempt delivery follows :func:`delivery_probability`
-    (P(Bad) = 1 - delivery, capped at 0.999; rates from :func:`gilbert_rates`)."""
-    p, r = gilbert_rates(min(1 - delivery_probability(margin_db), 0.999))
-    return GilbertElliott(p, r, 0.0, 1.0, rng)
+    (the parameters of :func:`gilbert_from_margin`)."""
+    p, r, _ = gilbert_from_margin(np.array([margin_db]))
+    return GilbertElliott(float(p[0]), float(r[0]), 0.0, 1.0, rng)
 
 
 def calibrated_link(rng: np.random.Generator) -> GilbertElliott:
