@@ -100,6 +100,8 @@ def test_probe_rate_against_airtime_limit(
     )  # fmt: skip
     # The emulated radio never beats physics...
     assert delivered <= 1.05 * limit
-    # ...and below the limit the dongle path (serial, emulator, clock) keeps up.
-    if fraction <= 0.5:
+    # ...and below the limit the dongle path (serial, emulator, clock) keeps up. Only without
+    # contention: with it, probes and echoes to six neighbours also collide on the air, so
+    # delivery below the limit measures the mesh, not the path (recorded in extra_info).
+    if fraction <= 0.5 and not contention:
         assert delivered >= 0.8 * offered
