@@ -71,7 +71,7 @@ from bench.update.rollout import (
     RolloutRate,
     RolloutResult,
 )
-from bench.update.server import RequestRecord, ServerProcess
+from bench.update.server import RequestRecord, ServerProcess, log_size, read_log
 
 pytestmark = pytest.mark.needs("backhaul")
 
@@ -238,7 +238,7 @@ def run_case(
     chosen = list(names or fleet.devices)
     devices = _on_v1(fleet, chosen)
     server = fleet.slow if slow else fleet.server
-    log_from = _log_size(server.log_path)  # only this case's transfers count
+    log_from = log_size(server.log_path)  # only this case's transfers count
     job = Job(f"{request.node.name}-{int(time.time())}", artifact, fleet.url(artifact, slow))
 
     def sink(event: dict[str, object]) -> None:
@@ -263,7 +263,7 @@ def run_case(
     truths = [device.truth() for device in devices]
     expected = {name: fleet.sha(name) for name in ("model-v1", artifact)}
     wall_t0 = time.time() - (time.monotonic() - result.t0)
-    records = _log_since(server.log_path, log_from)
+    records = read_log(server.log_path, log_from)
     downloads = {d.name: _download(fleet, d, job, artifact, records, wall_t0) for d in devices}
     netns = _netns(rig)
     starts = _fault_starts(timeline, result, chosen, netns)
@@ -328,21 +328,6 @@ def _check_downloads(case: Case) -> None:
             assert down.unique_bytes == down.size, (name, asdict(down))
         if len(down.transfers) == 1 and down.transfers[0].complete:
             assert down.ratio is not None and 0.99 <= down.ratio <= 1.01, (name, asdict(down))
-
-
-def _log_size(path: Path) -> int:
-    return path.stat().st_size if path.exists() else 0
-
-
-def _log_since(path: Path, offset: int) -> list[RequestRecord]:
-    """The server log's complete lines from byte ``offset`` on."""
-    if not path.exists():
-        return []
-    with open(path, "rb") as log:
-        log.seek(offset)
-        data = log.read()
-    lines = data.decode("utf-8").splitlines(keepends=True)
-    return [RequestRecord(**json.loads(line)) for line in lines if line.endswith("\n")]
 
 
 def _address(fleet: Fleet, device: str) -> str:
@@ -686,10 +671,10 @@ def _cut_when_downloaded(
         fleet.url("model-v2", slow=True).replace("{device_type}", update.device_type or "")
     ).path
     size = fleet.size("model-v2", update)
-    offset = _log_size(fleet.slow.log_path)  # earlier cases' transfers do not count
+    offset = log_size(fleet.slow.log_path)  # earlier cases' transfers do not count
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        for r in _log_since(fleet.slow.log_path, offset):
+        for r in read_log(fleet.slow.log_path, offset):
             mine = r.method == "GET" and r.client == client and urlsplit(r.path).path == path
             if mine and r.complete and (r.start or 0) + r.sent >= size:
                 power_cut(timeline, device, 0.0)

@@ -1033,14 +1033,17 @@ class MeshSimulator:
     def _cca(self, node: int) -> None:
         """End of a CCA window, on the receiver's channel: busy when a transmission audible
         here on that channel overlapped the window."""
-        start = self._cca_from[node]
-        ch = self.channel(self._tx_nh[node], start)
-        self._tx_ch[node] = ch
-        if self.config.contention and (
-            self._busy_until[node][ch] > start
-            or self._tx_until[node] > start
-            or self._rx_end[node] > start  # receiving a frame: the radio cannot turn to send
-        ):
+        if self.config.contention:  # without it the channel is never looked at
+            start = self._cca_from[node]
+            ch = self._tx_ch[node] = self.channel(self._tx_nh[node], start)
+            busy = (
+                self._busy_until[node][ch] > start
+                or self._tx_until[node] > start
+                or self._rx_end[node] > start  # receiving: the radio cannot turn to send
+            )
+        else:
+            busy = False
+        if busy:
             self._channel_busy(node)
         else:  # clear: RX-to-TX turnaround, then on air (others may start meanwhile)
             self._push(self.now + TURNAROUND_S, _EV_TX_START, node, self._epoch[node])

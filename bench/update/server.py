@@ -49,6 +49,7 @@ __all__ = [
     "ServerError",
     "ServerProcess",
     "check_bind_address",
+    "log_size",
     "parse_range",
     "read_log",
     "summarize",
@@ -321,15 +322,25 @@ class RequestRecord:
     error: str | None = None
 
 
-def read_log(path: Path) -> list[RequestRecord]:
-    """Every request the server logged, oldest first (a missing log is an empty one)."""
+def read_log(path: Path, offset: int = 0) -> list[RequestRecord]:
+    """Every request the server logged from byte ``offset`` on (see :func:`log_size`),
+    oldest first; a missing log is an empty one, and a line still being written (no
+    newline yet) is left for the next read."""
     if not path.exists():
         return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            records.append(RequestRecord(**json.loads(line)))
-    return records
+    with open(path, "rb") as log:
+        log.seek(offset)
+        data = log.read().decode("utf-8")
+    return [
+        RequestRecord(**json.loads(line))
+        for line in data.splitlines(keepends=True)
+        if line.endswith("\n") and line.strip()
+    ]
+
+
+def log_size(path: Path) -> int:
+    """The log's length in bytes now: :func:`read_log` from it sees only later requests."""
+    return path.stat().st_size if path.exists() else 0
 
 
 @dataclass(frozen=True)
